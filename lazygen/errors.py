@@ -1,0 +1,20 @@
+"""User-facing errors.
+
+Every mistake a user can make (a bad config value, a missing or corrupted checkpoint) is raised as a
+:class:`LazygenError` where the bad value enters. The CLI prints its message as one paragraph and exits
+non-zero, without a traceback, so the message itself must name the problem *and* the fix.
+"""
+
+from __future__ import annotations
+
+
+class LazygenError(Exception):
+    """A problem caused by the user's input; the message says what is wrong and how to fix it."""
+
+
+class ConfigError(LazygenError):
+    """An invalid or incompatible configuration value."""
+
+
+class CheckpointError(LazygenError):
+    """A checkpoint that is missing, unreadable or does not match the network."""
