@@ -1,0 +1,123 @@
+"""Respaced Gaussian diffusion with a cosine schedule and learned-range variance.
+
+This is the sampling half of the IDDPM/DiT diffusion that MAR's DiffLoss uses, written from its
+definition: the schedule arrays are computed in float64 and gathered per step as float32, the network sees
+the *original* timesteps, and the variance interpolates between the clipped posterior log-variance and
+log(beta) of the respaced schedule. The sampler owns the noise: ``p_sample_loop`` asks a callback for the
+noise of every step, so that different RNG protocols (official global streams, per-sample generators) can
+be plugged in without touching the maths.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+TRAIN_TIMESTEPS = 1000
+COSINE_OFFSET = 0.008  # the "s" of the improved-DDPM cosine schedule
+MAX_BETA = 0.999
+
+# net(x_t, original_timesteps) -> (rows, 2 * channels): eps and variance-interpolation values.
+DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# noise_fn(step_index, like) -> noise with the shape, dtype and device of ``like``.
+NoiseFn = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+def cosine_betas(num_steps: int = TRAIN_TIMESTEPS) -> np.ndarray:
+    """Betas of the cosine schedule: beta_i = min(1 - abar((i+1)/T) / abar(i/T), 0.999)."""
+
+    def alpha_bar(t: float) -> float:
+        return math.cos((t + COSINE_OFFSET) / (1 + COSINE_OFFSET) * math.pi / 2) ** 2
+
+    betas = [
+        min(1 - alpha_bar((i + 1) / num_steps) / alpha_bar(i / num_steps), MAX_BETA) for i in range(num_steps)
+    ]
+    return np.array(betas, dtype=np.float64)
+
+
+def space_timesteps(num_timesteps: int, section_counts: str | int) -> list[int]:
+    """Kept timesteps for a respacing such as ``"100"`` or ``"10,15,20"`` (sorted ascending).
+
+    The original steps are split into equal sections, and each section is walked with a fractional stride
+    whose running sum is rounded with Python's (banker's) ``round``; the accumulation matters for parity.
+    """
+    counts = [int(c) for c in str(section_counts).split(",")]
+    size_per, extra = divmod(num_timesteps, len(counts))
+    kept: set[int] = set()
+    start = 0
+    for i, count in enumerate(counts):
+        size = size_per + (1 if i < extra else 0)
+        if count < 1 or count > size:
+            raise ValueError(f"cannot take {count} steps from a section of {size} diffusion steps")
+        stride = (size - 1) / (count - 1) if count > 1 else 1
+        position = 0.0
+        for _ in range(count):
+            kept.add(start + round(position))
+            position += stride
+        start += size
+    return sorted(kept)
+
+
+class SpacedDiffusion:
+    """A diffusion process restricted to a subset of the training timesteps."""
+
+    def __init__(self, num_sampling_steps: str | int, train_steps: int = TRAIN_TIMESTEPS) -> None:
+        base_alphas_cumprod = np.cumprod(1.0 - cosine_betas(train_steps))
+        self.timestep_map = space_timesteps(train_steps, num_sampling_steps)
+        kept = set(self.timestep_map)
+        betas, last = [], 1.0
+        for i, acp in enumerate(base_alphas_cumprod):
+            if i in kept:
+                betas.append(1 - acp / last)
+                last = acp
+        self.betas = np.array(betas, dtype=np.float64)
+        self.num_timesteps = len(self.betas)
+
+        alphas = 1.0 - self.betas
+        acp = np.cumprod(alphas)
+        acp_prev = np.append(1.0, acp[:-1])
+        self.alphas_cumprod = acp
+        self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / acp)
+        self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / acp - 1)
+        posterior_variance = self.betas * (1.0 - acp_prev) / (1.0 - acp)
+        # the variance at step 0 is 0; the clipped log uses step 1's value there
+        self.posterior_log_variance_clipped = np.log(np.append(posterior_variance[1], posterior_variance[1:]))
+        self.posterior_mean_coef1 = self.betas * np.sqrt(acp_prev) / (1.0 - acp)
+        self.posterior_mean_coef2 = (1.0 - acp_prev) * np.sqrt(alphas) / (1.0 - acp)
+        self.log_betas = np.log(self.betas)
+
+    @staticmethod
+    def _at(arr: np.ndarray, k: int, like: torch.Tensor) -> torch.Tensor:
+        """Entry k of a float64 schedule array as a float32 scalar tensor on ``like``'s device."""
+        return torch.tensor(arr[k], dtype=torch.float64, device=like.device).float()
+
+    def p_sample(
+        self, denoise: DenoiseFn, x: torch.Tensor, k: int, noise: torch.Tensor, temperature: float
+    ) -> torch.Tensor:
+        """One ancestral step x_k -> x_{k-1} (eps prediction, learned-range variance, no x0 clipping)."""
+        t = torch.full((x.shape[0],), self.timestep_map[k], dtype=torch.long, device=x.device)
+        out = denoise(x, t)
+        channels = x.shape[1]
+        eps, var_values = out[:, :channels], out[:, channels:]
+        min_log = self._at(self.posterior_log_variance_clipped, k, x)
+        max_log = self._at(self.log_betas, k, x)
+        frac = (var_values + 1) / 2
+        log_variance = frac * max_log + (1 - frac) * min_log
+        x0 = self._at(self.sqrt_recip_alphas_cumprod, k, x) * x - self._at(
+            self.sqrt_recipm1_alphas_cumprod, k, x
+        ) * eps
+        mean = self._at(self.posterior_mean_coef1, k, x) * x0 + self._at(self.posterior_mean_coef2, k, x) * x
+        nonzero = 1.0 if k != 0 else 0.0
+        return mean + nonzero * torch.exp(0.5 * log_variance) * noise * temperature
+
+    def p_sample_loop(
+        self, denoise: DenoiseFn, x_init: torch.Tensor, noise_fn: NoiseFn, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """Run the chain from k = T-1 down to 0; ``noise_fn(k, x)`` supplies each step's noise."""
+        x = x_init
+        for k in reversed(range(self.num_timesteps)):
+            x = self.p_sample(denoise, x, k, noise_fn(k, x), temperature)
+        return x

@@ -1,0 +1,135 @@
+"""MAR's baseline sampler: random order, cosine masking schedule, CFG on the diffusion head.
+
+At step s the first ``mask_len(s)`` entries of each image's random order stay unknown and the tokens
+between ``mask_len(s)`` and the previous count are predicted (all remaining ones at the last step). The
+schedule is computed once in Python, so every tensor shape is static and known before sampling.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lazygen.cache.base import CachePolicy, StepContext
+from lazygen.diffusion import SpacedDiffusion
+from lazygen.samplers.rng import RandomSource, make_random_source
+
+CFG_SCHEDULES = ("linear", "constant")
+
+
+def mask_schedule(seq_len: int, num_iter: int) -> list[int]:
+    """Number of tokens still unknown after each step (MaskGIT cosine, clamped to [1, unknown - 1]).
+
+    The last entry is 0: the final step predicts everything left, whatever the clamp said.
+    """
+    remaining, out = seq_len, []
+    for step in range(num_iter):
+        ratio = np.cos(math.pi / 2.0 * (step + 1) / num_iter)
+        mask_len = int(np.float32(np.floor(seq_len * ratio)))
+        mask_len = max(1, min(remaining - 1, mask_len))
+        out.append(mask_len)
+        remaining = mask_len
+    out[-1] = 0
+    return out
+
+
+def linear_cfg(cfg: float, seq_len: int, mask_len: int) -> torch.Tensor:
+    """Muse-style ramp 1 + (cfg - 1) * (L - mask_len) / L, in float32 as the official code computes it."""
+    clamped = torch.tensor([float(max(mask_len, 1))], dtype=torch.float32)
+    return 1 + (cfg - 1) * (seq_len - clamped) / seq_len
+
+
+@dataclass
+class MARSamplerConf:
+    num_iter: int = 64
+    cfg: float = 3.0
+    cfg_schedule: str = "linear"
+    temperature: float = 1.0
+    diffusion_steps: int | None = None  # None: the model's own number of sampling steps
+    rng: str = "per_sample"
+
+
+class MARSampler:
+    """Decodes a batch of class-conditional latents with any cache policy."""
+
+    name = "mar"
+    model_families: tuple[str, ...] = ("mar",)
+
+    def __init__(self, conf: MARSamplerConf) -> None:
+        self.conf = conf
+        self._diffusion: dict[int, SpacedDiffusion] = {}
+
+    def diffusion_for(self, model) -> SpacedDiffusion:
+        steps = self.conf.diffusion_steps
+        if steps is None:
+            return model.diffloss.gen_diffusion
+        if steps not in self._diffusion:
+            self._diffusion[steps] = SpacedDiffusion(str(steps))
+        return self._diffusion[steps]
+
+    def schedule(self, seq_len: int) -> list[int]:
+        return mask_schedule(seq_len, self.conf.num_iter)
+
+    def cfg_for(self, seq_len: int, mask_len: int) -> float | torch.Tensor | None:
+        """The guidance scale of a step, or None when CFG is off."""
+        cfg = self.conf.cfg
+        if cfg == 1.0:
+            return None
+        if self.conf.cfg_schedule == "linear":
+            return linear_cfg(cfg, seq_len, mask_len)
+        return cfg
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model,
+        labels: torch.Tensor,
+        seeds: Sequence[int] | None = None,
+        policy: CachePolicy | None = None,
+        random: RandomSource | None = None,
+    ) -> torch.Tensor:
+        """Latent grids (B, C, H, W), still multiplied by the VAE latent scale."""
+        policy = policy or CachePolicy()
+        batch = labels.shape[0]
+        seeds = list(seeds) if seeds is not None else list(range(batch))
+        random = random or make_random_source(self.conf.rng, seeds)
+        device = labels.device
+        seq_len, channels = model.seq_len, model.token_dim
+        diffusion = self.diffusion_for(model)
+        cfg_on = self.conf.cfg != 1.0
+        policy.reset(batch)
+
+        orders = random.orders(batch, seq_len, device)
+        tokens = torch.zeros(batch, seq_len, channels, device=device)
+        cond = model.class_condition(labels, batch)
+        if cfg_on:
+            cond = torch.cat([cond, model.null_condition(batch)])
+        remaining, prev = seq_len, None
+        for step, mask_len in enumerate(self.schedule(seq_len)):
+            known = orders[:, remaining:].sort(dim=1).values
+            predicted = orders[:, mask_len:remaining].sort(dim=1).values  # (B, n), ascending
+            ctx = StepContext(step, self.conf.num_iter, prev, predicted, cfg_on)
+            x_in = torch.cat([tokens, tokens]) if cfg_on else tokens
+            known_in = torch.cat([known, known]) if cfg_on else known
+            z = policy.transformer(model, x_in, model.visible_rows(known_in), cond, ctx)
+            pred_in = torch.cat([predicted, predicted]) if cfg_on else predicted
+            z_pred = z.gather(1, pred_in.unsqueeze(-1).expand(-1, -1, z.shape[-1])).flatten(0, 1)
+
+            n = predicted.shape[1]
+            x_init = random.initial_noise(n, channels, device)
+            noise_fn = random.step_noise(n, channels, diffusion.num_timesteps, cfg_on)
+            cfg = self.cfg_for(seq_len, mask_len)
+            if isinstance(cfg, torch.Tensor):
+                cfg = cfg.to(device)
+            sampled = policy.diffusion_head(
+                model, z_pred, x_init, noise_fn, self.conf.temperature, cfg, diffusion, ctx
+            )
+            tokens = tokens.scatter(
+                1, predicted.unsqueeze(-1).expand(-1, -1, channels), sampled.reshape(batch, n, channels)
+            )
+            remaining, prev = mask_len, predicted
+        return model.unpatchify(tokens)
