@@ -49,6 +49,8 @@ class CachePolicy:
 
     name = "none"
     model_families: tuple[str, ...] = ("mar",)
+    # True when the work done never depends on tensor values, so FLOPs can be counted on the meta device
+    static_shapes = True
 
     def __init__(self) -> None:
         self.stats = CacheStats()

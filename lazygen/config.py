@@ -1,0 +1,243 @@
+"""Dataclass schemas for every config group, and their validation.
+
+Hydra composes plain YAML; ``validate`` merges each group into its schema (so unknown keys and wrong types
+fail), then range-checks values and cross-group compatibility. Every failure is a :class:`ConfigError`
+whose message names the key, the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lazygen.errors import ConfigError
+from lazygen.models.mar.mar import MARArch
+from lazygen.samplers.mar import CFG_SCHEDULES
+from lazygen.samplers.rng import RNG_PROTOCOLS
+
+MODEL_FAMILIES = ("mar",)
+SAMPLERS = ("mar",)
+CACHE_POLICIES = ("none",)
+TOKENIZERS = ("kl16", "pixel")
+LOGGERS = ("wandb", "csv", "none")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+FLOP_MODES = ("auto", "meta", "real")
+
+
+@dataclass
+class WeightsConf:
+    registry: str | None = None
+    path: str | None = None
+
+
+@dataclass
+class TokenizerConf:
+    kind: str = "kl16"
+    registry: str | None = "kl16"
+    path: str | None = None
+    latent_scale: float = 0.2325
+
+
+@dataclass
+class ModelConf:
+    name: str = "mar_b"
+    family: str = "mar"
+    init: str = "pretrained"
+    arch: MARArch = field(default_factory=MARArch)
+    weights: WeightsConf = field(default_factory=WeightsConf)
+    tokenizer: TokenizerConf = field(default_factory=TokenizerConf)
+    default_cfg: float = 3.0
+    default_num_iter: int = 64
+
+
+@dataclass
+class SamplerConf:
+    name: str = "mar"
+    num_iter: int = 64
+    cfg: float = 3.0
+    cfg_schedule: str = "linear"
+    temperature: float = 1.0
+    diffusion_steps: int | None = None
+    rng: str = "per_sample"
+
+
+@dataclass
+class CacheConf:
+    name: str = "none"
+
+
+@dataclass
+class HardwareConf:
+    accelerator: str = "cpu"
+    devices: Any = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    num_threads: int | None = None
+
+
+@dataclass
+class DataConf:
+    num_images: int = 20
+    labels: Any = "balanced"
+    batch_size: int = 10
+    seed: int = 0
+
+
+@dataclass
+class FlopsConf:
+    enabled: bool = True
+    mode: str = "auto"
+    num_images: int = 1
+
+
+@dataclass
+class QualityConf:
+    enabled: bool = False
+    extractor: str = "inception"
+    reference_stats: str | None = None
+    is_splits: int = 10
+
+
+@dataclass
+class SpeedupConf:
+    enabled: Any = "auto"
+    num_images: int = 4
+
+
+@dataclass
+class MetricsConf:
+    latency: bool = True
+    flops: FlopsConf = field(default_factory=FlopsConf)
+    quality: QualityConf = field(default_factory=QualityConf)
+    speedup: SpeedupConf = field(default_factory=SpeedupConf)
+
+
+@dataclass
+class LoggerConf:
+    kind: str = "wandb"
+    project: str = "lazygen"
+    mode: str = "auto"
+    entity: str | None = None
+
+
+@dataclass
+class CallbacksConf:
+    save_png: bool = True
+    save_npz: bool = True
+    save_latents: bool = True
+    progress_bar: bool = True
+    grid_max_images: int = 100
+
+
+@dataclass
+class RunConf:
+    """The validated, typed view of one run's configuration."""
+
+    model: ModelConf
+    sampler: SamplerConf
+    cache: CacheConf
+    hardware: HardwareConf
+    data: DataConf
+    metrics: MetricsConf
+    logger: LoggerConf
+    callbacks: CallbacksConf
+    seed: int = 0
+    task_name: str = "generate"
+    sweep_name: str = "generate"
+    tags: list[str] = field(default_factory=list)
+
+
+GROUPS: dict[str, type] = {
+    "model": ModelConf,
+    "sampler": SamplerConf,
+    "cache": CacheConf,
+    "hardware": HardwareConf,
+    "data": DataConf,
+    "metrics": MetricsConf,
+    "logger": LoggerConf,
+    "callbacks": CallbacksConf,
+}
+
+
+def _typed(group: str, schema: type, node: Any) -> Any:
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
+        raise ConfigError(
+            f"Invalid configuration in group '{group}' at key '{group}.{key}': {exc.msg}. "
+            f"Check the spelling and the type of the value (see conf/{group}/ for the available keys)."
+        ) from None
+
+
+def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not supported; choose one of: {', '.join(allowed)}.")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(cfg: DictConfig) -> RunConf:
+    """Typed, range-checked configuration of a run, or a ConfigError saying what to fix."""
+    try:
+        groups = {g: _typed(g, s, cfg[g]) for g, s in GROUPS.items()}
+        top = {k: cfg.get(k) for k in ("seed", "task_name", "sweep_name")}
+        tags = list(cfg.get("tags") or [])
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"The configuration could not be resolved: {exc.msg}.") from None
+    run = RunConf(**groups, seed=int(top["seed"]), task_name=str(top["task_name"]),
+                  sweep_name=str(top["sweep_name"]), tags=[str(t) for t in tags])  # fmt: skip
+    _validate_values(run)
+    return run
+
+
+def _validate_values(run: RunConf) -> None:
+    m, s, d = run.model, run.sampler, run.data
+    _one_of("model.family", m.family, MODEL_FAMILIES)
+    _one_of("model.init", m.init, ("pretrained", "random"))
+    _one_of("model.tokenizer.kind", m.tokenizer.kind, TOKENIZERS)
+    _one_of("sampler.name", s.name, SAMPLERS)
+    _one_of("cache.name", run.cache.name, CACHE_POLICIES)
+    _one_of("sampler.cfg_schedule", s.cfg_schedule, CFG_SCHEDULES)
+    _one_of("sampler.rng", s.rng, RNG_PROTOCOLS)
+    _one_of("logger.kind", run.logger.kind, LOGGERS)
+    _one_of("logger.mode", run.logger.mode, WANDB_MODES)
+    _one_of("metrics.flops.mode", run.metrics.flops.mode, FLOP_MODES)
+    a = m.arch
+    _check(a.img_size % (a.vae_stride * a.patch_size) == 0,
+           f"model.arch.img_size={a.img_size} must be a multiple of vae_stride * patch_size "
+           f"({a.vae_stride * a.patch_size}).")  # fmt: skip
+    for side in ("encoder", "decoder"):
+        dim, heads = getattr(a, f"{side}_embed_dim"), getattr(a, f"{side}_num_heads")
+        _check(dim % heads == 0,
+               f"model.arch.{side}_embed_dim={dim} is not divisible by {side}_num_heads={heads}; "
+               "pick a head count that divides the width.")  # fmt: skip
+    _check(s.cfg >= 1.0,
+           f"sampler.cfg={s.cfg} is below 1. Classifier-free guidance scales start at 1.0 (no guidance); "
+           "set sampler.cfg=1.0 to switch it off or a value above 1 to guide.")  # fmt: skip
+    _check(1 <= s.num_iter <= a.seq_len,
+           f"sampler.num_iter={s.num_iter} is out of range: a {a.seq_len}-token image takes between 1 and "
+           f"{a.seq_len} steps. Set sampler.num_iter to a value in that range (64 is the usual choice).")
+    _check(s.temperature > 0, f"sampler.temperature={s.temperature} must be positive (1.0 is the default).")
+    _check(s.diffusion_steps is None or 1 <= s.diffusion_steps <= 1000,
+           f"sampler.diffusion_steps={s.diffusion_steps} must be between 1 and 1000, or null for the "
+           "model's default.")  # fmt: skip
+    _check(d.num_images >= 1, f"data.num_images={d.num_images} must be at least 1.")
+    _check(d.batch_size >= 1, f"data.batch_size={d.batch_size} must be at least 1.")
+    if isinstance(d.labels, str):
+        _one_of("data.labels", d.labels, ("balanced", "random"))
+    else:
+        labels = list(d.labels)
+        _check(len(labels) > 0 and all(0 <= int(c) < a.class_num for c in labels),
+               f"data.labels={labels} must be a non-empty list of class ids in [0, {a.class_num}).")  # fmt: skip
+    if m.init == "pretrained":
+        _check(m.weights.registry is not None or m.weights.path is not None,
+               f"model {m.name} wants pretrained weights but names neither model.weights.path nor "
+               "model.weights.registry; set one, or model.init=random.")  # fmt: skip

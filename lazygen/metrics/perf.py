@@ -1,0 +1,155 @@
+"""Latency from the writer's batch records, and FLOPs per image from a counting pass.
+
+FLOPs are counted with ``FlopCounterMode`` (2 x MACs, CFG doubling and the diffusion head included). For
+policies whose work does not depend on tensor values the pass runs on the meta device: exact, and
+instant even for MAR-H. Otherwise it runs one real batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from lazygen.lit.generation import Generator
+from lazygen.metrics.flops import count_flops
+from lazygen.models.mar.diffloss import DiffLoss, SimpleMLPAdaLN
+from lazygen.models.mar.transformer import Block
+
+# Methods whose meta-device calls are memoised by input shapes while counting (see ``shape_memo``).
+MEMOISED_METHODS: tuple[tuple[type[nn.Module], str], ...] = (
+    (Block, "forward"),
+    (SimpleMLPAdaLN, "forward"),
+    (DiffLoss, "sample"),
+)
+
+TERA = 1e12
+
+
+def latency_metrics(records: list[dict]) -> dict[str, float]:
+    """Seconds per image and images per second over all ranks.
+
+    Each rank's first batch is a warm-up and is left out when the rank ran more than one batch.
+    Throughput divides all images by the busiest rank's time (ranks run in parallel).
+    """
+    by_rank: dict[int, list[dict]] = {}
+    for r in records:
+        by_rank.setdefault(int(r["rank"]), []).append(r)
+    seconds = images = 0.0
+    busiest = 0.0
+    total_images = 0
+    for rank_records in by_rank.values():
+        timed = rank_records[1:] if len(rank_records) > 1 else rank_records
+        seconds += sum(r["seconds"] for r in timed)
+        images += sum(len(r["indices"]) for r in timed)
+        busiest = max(busiest, sum(r["seconds"] for r in rank_records))
+        total_images += sum(len(r["indices"]) for r in rank_records)
+    if not images:
+        return {}
+    return {
+        "perf/latency_s_per_img": seconds / images,
+        "perf/throughput_img_per_s": total_images / busiest if busiest else 0.0,
+    }
+
+
+def _active_counter() -> FlopCounterMode | None:
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    for mode in _get_current_dispatch_mode_stack():
+        counter = getattr(mode, "counter", mode)  # FlopCounterMode pushes a private mode holding it
+        if isinstance(counter, FlopCounterMode):
+            return counter
+    return None
+
+
+def _snapshot(counter: FlopCounterMode) -> dict[str, dict]:
+    return {mod: dict(ops) for mod, ops in counter.flop_counts.items()}
+
+
+@contextlib.contextmanager
+def shape_memo(
+    root: nn.Module, methods: tuple[tuple[type[nn.Module], str], ...] = MEMOISED_METHODS
+) -> Iterator[None]:
+    """On the meta device, count each (module, input shapes) once and replay the count afterwards.
+
+    A meta-device op costs about a millisecond under the counter, and MAR calls its diffusion head
+    thousands of times with identical shapes; since a meta forward has no values, a repeated call only
+    needs its output shape and its FLOPs. Exact for modules whose work depends on shapes alone.
+    """
+    memo: dict[tuple, tuple[torch.Size, torch.dtype, dict[str, dict]]] = {}
+    originals: list[tuple[nn.Module, str, Callable]] = []
+
+    def wrap(module: nn.Module, forward: Callable) -> Callable:
+        def memoised(*args, **kwargs):
+            counter = _active_counter()
+            tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+            if counter is None or any(t.device.type != "meta" for t in tensors):
+                return forward(*args, **kwargs)
+            key = (id(module), forward.__name__, tuple((tuple(t.shape), t.dtype) for t in tensors))
+            if key in memo:
+                shape, dtype, delta = memo[key]
+                for mod, ops in delta.items():
+                    for op, flops in ops.items():
+                        counter.flop_counts[mod][op] += flops
+                return torch.empty(shape, dtype=dtype, device="meta")
+            before = _snapshot(counter)
+            out = forward(*args, **kwargs)
+            after = _snapshot(counter)
+            delta = {
+                mod: {op: n - before.get(mod, {}).get(op, 0) for op, n in ops.items()}
+                for mod, ops in after.items()
+            }
+            memo[key] = (out.shape, out.dtype, delta)
+            return out
+
+        return memoised
+
+    for module in root.modules():
+        for cls, name in methods:
+            if isinstance(module, cls):
+                originals.append((module, name, getattr(module, name)))
+                setattr(module, name, wrap(module, getattr(module, name)))
+    try:
+        yield
+    finally:
+        for module, name, _ in originals:
+            delattr(module, name)  # drop the instance attribute: the class method shows through again
+
+
+@dataclass
+class FlopReport:
+    tflops_per_img: float
+    tflops_per_img_decoder: float
+    by_module: dict[str, float]
+    device: str
+
+
+def measure_flops(
+    make_generator: Callable[[str], Generator], labels: torch.Tensor, seeds: list[int], mode: str
+) -> FlopReport:
+    """FLOPs per image of sampling (transformer + diffusion head) and of decoding, counted separately."""
+    gen_probe = make_generator("meta") if mode in ("auto", "meta") else None
+    if gen_probe is not None and (mode == "meta" or gen_probe.policy.static_shapes):
+        generator, device = gen_probe, "meta"
+    else:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        generator = make_generator(device)
+    labels = labels.to(device)
+    n = labels.shape[0]
+    generator.policy.reset(n)
+    with shape_memo(generator.model):
+        sampled = count_flops(
+            lambda: generator.sampler.sample(generator.model, labels, seeds, generator.policy)
+        )
+    decoded = count_flops(lambda: generator.tokenizer.decode_tokens_latent(sampled.output))
+    by_module = {k: v / n / TERA for k, v in {**sampled.by_module, **decoded.by_module}.items()}
+    return FlopReport(
+        tflops_per_img=(sampled.total + decoded.total) / n / TERA,
+        tflops_per_img_decoder=decoded.total / n / TERA,
+        by_module=by_module,
+        device=device,
+    )
