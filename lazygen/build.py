@@ -30,7 +30,8 @@ def build_model(conf: ModelConf, device: str | torch.device = "cpu", home: Path 
         raise ConfigError(f"model.family={conf.family!r} has no builder yet; use a MAR model (mar_b/l/h).")
     device = torch.device(device)
     if conf.init == "random" or device.type == "meta":
-        with torch.device(device):
+        with torch.random.fork_rng(devices=[]), torch.device(device):
+            torch.manual_seed(conf.init_seed)
             return MAR(conf.arch).eval()
     path = _weights_path(conf.weights.registry, conf.weights.path, home, "model.weights.path")
     with torch.device("meta"):
@@ -48,7 +49,8 @@ def build_tokenizer(conf: ModelConf, device: str | torch.device = "cpu", home: P
 
     device = torch.device(device)
     if conf.init == "random" or device.type == "meta":
-        with torch.device(device):
+        with torch.random.fork_rng(devices=[]), torch.device(device):
+            torch.manual_seed(conf.init_seed)
             return AutoencoderKL.kl16(latent_scale=tok.latent_scale).eval()
     path = _weights_path(tok.registry, tok.path, home, "model.tokenizer.path")
     with torch.device("meta"):

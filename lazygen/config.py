@@ -46,6 +46,7 @@ class ModelConf:
     name: str = "mar_b"
     family: str = "mar"
     init: str = "pretrained"
+    init_seed: int = 0  # seed of the random initialisation (model.init=random), equal in every process
     arch: MARArch = field(default_factory=MARArch)
     weights: WeightsConf = field(default_factory=WeightsConf)
     tokenizer: TokenizerConf = field(default_factory=TokenizerConf)
@@ -169,7 +170,7 @@ def _typed(group: str, schema: type, node: Any) -> Any:
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
         raise ConfigError(
-            f"Invalid configuration in group '{group}' at key '{group}.{key}': {exc.msg}. "
+            f"Invalid configuration in group '{group}' at key '{group}.{key}': {exc.msg.splitlines()[0]}. "
             f"Check the spelling and the type of the value (see conf/{group}/ for the available keys)."
         ) from None
 
@@ -187,7 +188,7 @@ def _check(condition: bool, message: str) -> None:
 def validate(cfg: DictConfig) -> RunConf:
     """Typed, range-checked configuration of a run, or a ConfigError saying what to fix."""
     try:
-        groups = {g: _typed(g, s, cfg[g]) for g, s in GROUPS.items()}
+        groups = {g: _typed(g, s, OmegaConf.to_container(cfg[g], resolve=True)) for g, s in GROUPS.items()}
         top = {k: cfg.get(k) for k in ("seed", "task_name", "sweep_name")}
         tags = list(cfg.get("tags") or [])
     except OmegaConfBaseException as exc:

@@ -89,6 +89,7 @@ class SampleWriter(BasePredictionWriter):
             "indices": indices,
             "labels": [int(c) for c in prediction["label"]],
             "seconds": float(prediction["seconds"]),
+            "cache": prediction.get("cache", {}),
         }
         with open(self.run_dir / STATS_DIR / f"rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lazygen.cache.base import CachePolicy
+from lazygen.cache.base import CachePolicy, CacheStats
 from lazygen.samplers.mar import MARSampler
 
 NUMPY_SEED_MOD = 2**32
@@ -38,6 +38,7 @@ class Generated:
     images: torch.Tensor  # (B, H, W, 3) uint8
     latents: torch.Tensor  # (B, C, h, w) float32, latent-scaled
     seconds: float  # wall-clock of sampling + decoding, device synchronized
+    cache: CacheStats  # what the policy recomputed for this batch
 
 
 class Generator(nn.Module):
@@ -57,12 +58,13 @@ class Generator(nn.Module):
             # the official code consumes the global streams; seed them per batch from its first sample
             torch.manual_seed(seeds[0])
             np.random.seed(seeds[0] % NUMPY_SEED_MOD)
+        self.policy.stats = CacheStats()
         sync(device)
         start = time.perf_counter()
         latents = self.sampler.sample(self.model, labels, seeds, self.policy)
         images = to_uint8_images(self.tokenizer.decode_tokens_latent(latents))
         sync(device)
-        return Generated(images, latents.float(), time.perf_counter() - start)
+        return Generated(images, latents.float(), time.perf_counter() - start, self.policy.stats)
 
 
 class GenerationModule(L.LightningModule):
@@ -80,4 +82,5 @@ class GenerationModule(L.LightningModule):
             "images": out.images.cpu(),
             "latents": out.latents.cpu(),
             "seconds": out.seconds,
+            "cache": out.cache.counters(),
         }

@@ -20,7 +20,7 @@ from lazygen.models.mar.transformer import LAYER_NORM_EPS, Block
 POS_EMBED_INIT_STD = 0.02
 
 
-@dataclass(frozen=True)
+@dataclass
 class MARArch:
     """The official ``MAR(...)`` constructor arguments that shape the network."""
 

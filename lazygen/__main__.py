@@ -1,0 +1,3 @@
+from lazygen.cli import main
+
+main()

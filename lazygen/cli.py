@@ -1,0 +1,53 @@
+"""``python -m lazygen``: the Hydra entry point.
+
+Configs live in the top-level ``conf/`` of a checkout; an installed wheel carries the same files as the
+package ``lazygen.conf``. User mistakes end with one clear paragraph and exit code 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from lazygen.errors import LazygenError
+
+USER_ERROR_EXIT = 2
+_CHECKOUT_CONF = Path(__file__).resolve().parent.parent / "conf"
+CONFIG_PATH = str(_CHECKOUT_CONF) if (_CHECKOUT_CONF / "config.yaml").exists() else "pkg://lazygen.conf"
+
+
+def print_summary(metrics: dict[str, float], run_dir: str) -> None:
+    table = Table(title=f"lazygen: {run_dir}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in sorted(metrics):
+        table.add_row(key, f"{metrics[key]:.6g}")
+    Console(stderr=True).print(table)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    hc = HydraConfig.get()
+    run_dir = hc.runtime.output_dir
+    group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
+    try:
+        from lazygen.run import run_job
+
+        metrics = run_job(cfg, run_dir, group=group)
+    except LazygenError as exc:
+        Console(stderr=True).print(f"[bold red]lazygen error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(USER_ERROR_EXIT)
+    if metrics:
+        print_summary(metrics, run_dir)
+    return metrics.get("quality/fid") if metrics else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""One generation job: compose, generate under ``Trainer.predict``, measure, write, log.
+
+``run_job`` is what ``python -m lazygen`` calls for every Hydra job (and what tests call directly). The
+samples are written while they are produced; everything after ``predict`` reads them back from the run
+directory, so a resumed run reports on all of its samples, and DDP workers need not send anything back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from lazygen.build import (
+    baseline_sampler_conf,
+    build_model,
+    build_policy,
+    build_sampler,
+    build_tokenizer,
+    is_accelerated,
+)
+from lazygen.cache.base import CachePolicy
+from lazygen.callbacks.progress import ImagesPerSecondBar
+from lazygen.callbacks.writer import SampleWriter, finished_indices, read_batch_records, sample_png
+from lazygen.config import RunConf, validate
+from lazygen.data.specs import SampleSpec, SpecDataset, build_specs
+from lazygen.errors import LazygenError
+from lazygen.lit.generation import GenerationModule, Generator
+from lazygen.metrics.perf import latency_metrics, measure_flops
+
+METRICS_FILE = "metrics.json"
+NPZ_FILE = "samples.npz"
+GRID_FILE = "grid.png"
+GRID_MIN_CELL_PX = 64  # small images are upscaled in the grid so a person can see them
+PSNR_CAP_DB = 100.0  # identical images are reported as 100 dB so averages stay finite
+
+
+def make_generator(run: RunConf, device: str | torch.device = "cpu", home: Path | None = None) -> Generator:
+    return Generator(
+        build_model(run.model, device, home),
+        build_tokenizer(run.model, device, home),
+        build_sampler(run.sampler),
+        build_policy(run.cache),
+    )
+
+
+def _trainer(run: RunConf, run_dir: Path) -> L.Trainer:
+    hw = run.hardware
+    callbacks: list[Any] = [SampleWriter(run_dir, save_latents=run.callbacks.save_latents)]
+    if run.callbacks.progress_bar:
+        callbacks.append(ImagesPerSecondBar())
+    return L.Trainer(
+        accelerator=hw.accelerator,
+        devices=hw.devices,
+        strategy=hw.strategy,
+        precision=hw.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=run.callbacks.progress_bar,
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+    )
+
+
+def generate_samples(run: RunConf, run_dir: Path, generator: Generator, todo: list[SampleSpec]) -> int:
+    """Generate the specs not yet done; returns the global rank (non-zero ranks stop after this)."""
+    trainer = _trainer(run, run_dir)
+    loader = DataLoader(SpecDataset(todo), batch_size=run.data.batch_size, shuffle=False, num_workers=0)
+    trainer.predict(GenerationModule(generator), dataloaders=loader, return_predictions=False)
+    return trainer.global_rank
+
+
+def load_images(run_dir: Path, specs: list[SampleSpec]) -> np.ndarray:
+    """All samples of the run, (N, H, W, 3) uint8 in index order."""
+    missing = [s.index for s in specs if not sample_png(run_dir, s.index).exists()]
+    if missing:
+        raise LazygenError(
+            f"{len(missing)} samples are missing from {run_dir} (first: {missing[:5]}); run the same command "
+            "again with hydra.run.dir pointing at this directory to generate them."
+        )
+    return np.stack([np.asarray(Image.open(sample_png(run_dir, s.index)).convert("RGB")) for s in specs])
+
+
+def image_grid(images: np.ndarray, max_images: int) -> np.ndarray:
+    """A near-square grid of the first images, upscaled (nearest) when they are small."""
+    images = images[:max_images]
+    n, h, w, _ = images.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.zeros((rows * h, cols * w, 3), dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = img
+    scale = max(1, math.ceil(GRID_MIN_CELL_PX / min(h, w)))
+    return grid.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def _device_of(generator: Generator) -> torch.device:
+    return next(generator.model.parameters()).device
+
+
+def _spec_tensors(specs: list[SampleSpec], device: torch.device) -> tuple[torch.Tensor, list[int]]:
+    return torch.tensor([s.label for s in specs], device=device), [s.seed for s in specs]
+
+
+def flops_metrics(run: RunConf, specs: list[SampleSpec], home: Path | None) -> tuple[dict, dict]:
+    conf = run.metrics.flops
+    labels, seeds = _spec_tensors(specs[: conf.num_images], torch.device("cpu"))
+    report = measure_flops(lambda dev: make_generator(run, dev, home), labels, seeds, conf.mode)
+    metrics = {
+        "flops/tflops_per_img": report.tflops_per_img,
+        "flops/tflops_per_img_decoder": report.tflops_per_img_decoder,
+    }
+    return metrics, {"device": report.device, "tflops_per_img_by_module": report.by_module}
+
+
+def paired_baseline(run: RunConf, generator: Generator, specs: list[SampleSpec], home: Path | None) -> dict:
+    """Speedup and fidelity against the baseline, measured here on the same specs, batch by batch.
+
+    Both generators share the network; batches alternate between them after one untimed warm-up each,
+    so both see the same device state.
+    """
+    from lazygen.metrics.quality import psnr
+
+    base_run = replace(run, sampler=baseline_sampler_conf(run), cache=replace(run.cache, name="none"))
+    baseline = Generator(generator.model, generator.tokenizer, build_sampler(base_run.sampler), CachePolicy())
+    device = _device_of(generator)
+    subset = specs[: run.metrics.speedup.num_images]
+    batches = [subset[i : i + run.data.batch_size] for i in range(0, len(subset), run.data.batch_size)]
+    labels, seeds = _spec_tensors(batches[0], device)
+    generator.generate(labels, seeds)
+    baseline.generate(labels, seeds)
+    t_acc = t_base = 0.0
+    scores = []
+    for batch in batches:
+        labels, seeds = _spec_tensors(batch, device)
+        acc, base = generator.generate(labels, seeds), baseline.generate(labels, seeds)
+        t_acc, t_base = t_acc + acc.seconds, t_base + base.seconds
+        scores.append(psnr(acc.images.permute(0, 3, 1, 2), base.images.permute(0, 3, 1, 2), cap_db=PSNR_CAP_DB))
+    out = {
+        "perf/speedup": t_base / t_acc,
+        "perf/baseline_latency_s_per_img": t_base / len(subset),
+        "quality/psnr_vs_baseline": float(torch.cat(scores).mean()),
+    }
+    if run.metrics.flops.enabled:
+        base_flops, _ = flops_metrics(base_run, specs, home)
+        out["flops/baseline_tflops_per_img"] = base_flops["flops/tflops_per_img"]
+    return out
+
+
+def quality_metrics(run: RunConf, images: np.ndarray) -> dict:
+    from lazygen.metrics.quality import InceptionV3Extractor, QualityMeter
+
+    conf = run.metrics.quality
+    if conf.extractor == "inception":
+        extractor = InceptionV3Extractor()
+    else:
+        from hydra.utils import get_method
+
+        extractor = get_method(conf.extractor)()
+    meter = QualityMeter(extractor, reference_stats=conf.reference_stats, splits=conf.is_splits)
+    batch = max(1, run.data.batch_size)
+    for i in range(0, len(images), batch):
+        meter.update(torch.from_numpy(images[i : i + batch]).permute(0, 3, 1, 2).contiguous())
+    return {k: float(v) for k, v in meter.compute().items()}
+
+
+def cache_metrics(records: list[dict]) -> dict:
+    stats = [r["cache"] for r in records if "cache" in r]
+    if not stats:
+        return {}
+    recomputed = sum(s["recomputed_tokens"] for s in stats)
+    total = sum(s["total_tokens"] for s in stats)
+    return {
+        "cache/full_steps": sum(s["full_steps"] for s in stats) / len(stats),
+        "cache/recompute_frac": recomputed / total if total else 1.0,
+    }
+
+
+def run_name(run: RunConf, tag: str) -> str:
+    return f"{run.model.name}-{run.sampler.name}-{tag}-s{run.seed}"
+
+
+def run_job(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> dict[str, float]:
+    """Generate (or resume) one job's samples into ``run_dir`` and measure them; returns metrics."""
+    run = validate(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if run.hardware.num_threads:
+        torch.set_num_threads(run.hardware.num_threads)
+    home = Path(str(cfg.paths.weights_dir)) if "paths" in cfg else None
+    specs = build_specs(run.data.num_images, run.model.arch.class_num, run.data.labels, run.data.seed)
+    done = finished_indices(run_dir)
+    todo = [s for s in specs if s.index not in done]
+
+    generator = make_generator(run, "cpu", home)
+    world_size = 1
+    if todo:
+        if generate_samples(run, run_dir, generator, todo) != 0:
+            return {}
+    records = read_batch_records(run_dir)
+    world_size = max([int(r["rank"]) + 1 for r in records] + [world_size])
+
+    images = load_images(run_dir, specs)
+    metrics: dict[str, float] = {
+        "meta/num_images": float(len(specs)),
+        "meta/world_size": float(world_size),
+        "meta/batch_size": float(run.data.batch_size),
+        "meta/resumed_images": float(len(done)),
+    }
+    if run.callbacks.save_npz:
+        np.savez(run_dir / NPZ_FILE, arr_0=images, labels=np.array([s.label for s in specs]))
+    grid = image_grid(images, run.callbacks.grid_max_images)
+    Image.fromarray(grid).save(run_dir / GRID_FILE)
+    if run.metrics.latency:
+        metrics.update(latency_metrics(records))
+    metrics.update(cache_metrics(records))
+    if run.metrics.flops.enabled:
+        flops, detail = flops_metrics(run, specs, home)
+        metrics.update(flops)
+        (run_dir / "flops.json").write_text(json.dumps(detail, indent=2))
+    if run.metrics.quality.enabled:
+        metrics.update(quality_metrics(run, images))
+    speedup = run.metrics.speedup.enabled
+    if speedup is True or (speedup == "auto" and is_accelerated(run)):
+        if run.hardware.accelerator in ("gpu", "cuda") and torch.cuda.is_available():
+            generator = generator.to("cuda")
+        metrics.update(paired_baseline(run, generator, specs, home))
+        if "flops/baseline_tflops_per_img" in metrics:
+            metrics["flops/speedup"] = metrics["flops/baseline_tflops_per_img"] / metrics["flops/tflops_per_img"]
+    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True))
+
+    from lazygen.tracking import log_run
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    log_run(
+        run.logger,
+        run_dir,
+        name=run_name(run, generator.policy.tag),
+        group=group or run.sweep_name,
+        job_type="accelerated" if is_accelerated(run) else "baseline",
+        config=resolved,
+        metrics=metrics,
+        grid=grid,
+        tags=run.tags,
+    )
+    return metrics
+
+

@@ -1,0 +1,46 @@
+"""Running lazygen the way users do: the real CLI in a subprocess, or the composed config in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+REPO = Path(__file__).resolve().parents[2]
+# A fast tiny configuration: few steps, few diffusion steps, no tracker.
+FAST = [
+    "model=tiny_mar",
+    "sampler.num_iter=4",
+    "sampler.diffusion_steps=5",
+    "data.batch_size=2",
+    "logger=none",
+    "callbacks.progress_bar=false",
+    "metrics.speedup.enabled=false",
+]
+CLI_TIMEOUT_S = 600
+
+
+def cli(*overrides: str, env: dict | None = None, timeout: int = CLI_TIMEOUT_S) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "lazygen", *overrides],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def compose_cfg(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
