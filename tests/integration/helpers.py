@@ -26,7 +26,8 @@ CLI_TIMEOUT_S = 600
 
 
 def cli(*overrides: str, env: dict | None = None, timeout: int = CLI_TIMEOUT_S) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **(env or {})}
+    merged = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {k: v for k, v in merged.items() if v is not None}  # None removes a variable
     return subprocess.run(
         [sys.executable, "-m", "lazygen", *overrides],
         cwd=REPO,

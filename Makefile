@@ -1,0 +1,28 @@
+# lazygen developer commands. `make help` lists them.
+PYTHON ?= python3
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: help install test test-full lint run bench
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+install:  ## install lazygen (editable) with dev tools; CPU torch first so no CUDA wheels are pulled
+	$(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
+	$(PYTHON) -m pip install -e ".[dev]"
+
+test:  ## the fast default suite (slow tests excluded), well under 15 minutes on 2 cores
+	$(PYTHON) -m pytest -q
+
+test-full:  ## every test, slow ones included
+	$(PYTHON) -m pytest -q -m "slow or not slow"
+
+lint:  ## ruff lint and format check
+	$(PYTHON) -m ruff check lazygen tests
+	$(PYTHON) -m ruff format --check lazygen tests
+
+run:  ## the embedded CPU default run
+	$(PYTHON) -m lazygen
+
+bench:  ## FLOPs per image (MAR-B/L/H, random weights, meta device) and CPU seconds per image
+	$(PYTHON) -m lazygen.bench
