@@ -27,7 +27,10 @@ def generator_for(name: str, num_iter: int, device: str) -> Generator:
     model = ModelConf(name=name, init="random", arch=MAR_PRESETS[name])
     sampler = SamplerConf(num_iter=num_iter, cfg=README_CFG[name])
     return Generator(
-        build_model(model, device), build_tokenizer(model, device), build_sampler(sampler), build_policy(CacheConf())
+        build_model(model, device),
+        build_tokenizer(model, device),
+        build_sampler(sampler),
+        build_policy(CacheConf()),
     )
 
 
@@ -40,7 +43,9 @@ def main() -> None:
     results = {}
     for name in args.models:
         start = time.perf_counter()
-        report = measure_flops(lambda dev, n=name: generator_for(n, args.num_iter, dev), torch.tensor([0]), [0], "meta")
+        report = measure_flops(
+            lambda dev, n=name: generator_for(n, args.num_iter, dev), torch.tensor([0]), [0], "meta"
+        )
         results[name] = {
             "tflops_per_img": round(report.tflops_per_img, 3),
             "tflops_per_img_decoder": round(report.tflops_per_img_decoder, 3),

@@ -40,7 +40,9 @@ def build_model(conf: ModelConf, device: str | torch.device = "cpu", home: Path 
     return model.to(device).eval()
 
 
-def build_tokenizer(conf: ModelConf, device: str | torch.device = "cpu", home: Path | None = None) -> nn.Module:
+def build_tokenizer(
+    conf: ModelConf, device: str | torch.device = "cpu", home: Path | None = None
+) -> nn.Module:
     """The latent decoder (KL-16 VAE or the pixel tokenizer), in eval mode."""
     tok = conf.tokenizer
     if tok.kind == "pixel":

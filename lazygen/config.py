@@ -223,9 +223,11 @@ def _validate_values(run: RunConf) -> None:
     _check(s.cfg >= 1.0,
            f"sampler.cfg={s.cfg} is below 1. Classifier-free guidance scales start at 1.0 (no guidance); "
            "set sampler.cfg=1.0 to switch it off or a value above 1 to guide.")  # fmt: skip
-    _check(1 <= s.num_iter <= a.seq_len,
-           f"sampler.num_iter={s.num_iter} is out of range: a {a.seq_len}-token image takes between 1 and "
-           f"{a.seq_len} steps. Set sampler.num_iter to a value in that range (64 is the usual choice).")
+    _check(
+        1 <= s.num_iter <= a.seq_len,
+        f"sampler.num_iter={s.num_iter} is out of range: a {a.seq_len}-token image takes between 1 and "
+        f"{a.seq_len} steps. Set sampler.num_iter to a value in that range (64 is the usual choice).",
+    )
     _check(s.temperature > 0, f"sampler.temperature={s.temperature} must be positive (1.0 is the default).")
     _check(s.diffusion_steps is None or 1 <= s.diffusion_steps <= 1000,
            f"sampler.diffusion_steps={s.diffusion_steps} must be between 1 and 1000, or null for the "

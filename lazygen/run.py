@@ -146,7 +146,9 @@ def paired_baseline(run: RunConf, generator: Generator, specs: list[SampleSpec],
         labels, seeds = _spec_tensors(batch, device)
         acc, base = generator.generate(labels, seeds), baseline.generate(labels, seeds)
         t_acc, t_base = t_acc + acc.seconds, t_base + base.seconds
-        scores.append(psnr(acc.images.permute(0, 3, 1, 2), base.images.permute(0, 3, 1, 2), cap_db=PSNR_CAP_DB))
+        scores.append(
+            psnr(acc.images.permute(0, 3, 1, 2), base.images.permute(0, 3, 1, 2), cap_db=PSNR_CAP_DB)
+        )
     out = {
         "perf/speedup": t_base / t_acc,
         "perf/baseline_latency_s_per_img": t_base / len(subset),
@@ -237,7 +239,9 @@ def run_job(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> d
             generator = generator.to("cuda")
         metrics.update(paired_baseline(run, generator, specs, home))
         if "flops/baseline_tflops_per_img" in metrics:
-            metrics["flops/speedup"] = metrics["flops/baseline_tflops_per_img"] / metrics["flops/tflops_per_img"]
+            metrics["flops/speedup"] = (
+                metrics["flops/baseline_tflops_per_img"] / metrics["flops/tflops_per_img"]
+            )
     (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True))
 
     from lazygen.tracking import log_run
@@ -255,5 +259,3 @@ def run_job(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> d
         tags=run.tags,
     )
     return metrics
-
-

@@ -70,7 +70,9 @@ class SampleWriter(BasePredictionWriter):
         self.save_latents = save_latents
         self.attempt = attempt
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
+    ):
         (self.run_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
         (self.run_dir / STATS_DIR).mkdir(parents=True, exist_ok=True)
         indices = [int(i) for i in prediction["index"]]

@@ -41,7 +41,9 @@ def class_labels(num_images: int, num_classes: int, labels: str | Sequence[int],
     return [chosen[i % len(chosen)] for i in range(num_images)]
 
 
-def build_specs(num_images: int, num_classes: int, labels: str | Sequence[int], seed: int) -> list[SampleSpec]:
+def build_specs(
+    num_images: int, num_classes: int, labels: str | Sequence[int], seed: int
+) -> list[SampleSpec]:
     return [
         SampleSpec(i, c, sample_seed(seed, i))
         for i, c in enumerate(class_labels(num_images, num_classes, labels, seed))

@@ -106,9 +106,10 @@ class SpacedDiffusion:
         max_log = self._at(self.log_betas, k, x)
         frac = (var_values + 1) / 2
         log_variance = frac * max_log + (1 - frac) * min_log
-        x0 = self._at(self.sqrt_recip_alphas_cumprod, k, x) * x - self._at(
-            self.sqrt_recipm1_alphas_cumprod, k, x
-        ) * eps
+        x0 = (
+            self._at(self.sqrt_recip_alphas_cumprod, k, x) * x
+            - self._at(self.sqrt_recipm1_alphas_cumprod, k, x) * eps
+        )
         mean = self._at(self.posterior_mean_coef1, k, x) * x0 + self._at(self.posterior_mean_coef2, k, x) * x
         nonzero = 1.0 if k != 0 else 0.0
         return mean + nonzero * torch.exp(0.5 * log_variance) * noise * temperature

@@ -25,7 +25,9 @@ FAST = [
 CLI_TIMEOUT_S = 600
 
 
-def cli(*overrides: str, env: dict | None = None, timeout: int = CLI_TIMEOUT_S) -> subprocess.CompletedProcess:
+def cli(
+    *overrides: str, env: dict | None = None, timeout: int = CLI_TIMEOUT_S
+) -> subprocess.CompletedProcess:
     merged = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env = {k: v for k, v in merged.items() if v is not None}  # None removes a variable
     return subprocess.run(

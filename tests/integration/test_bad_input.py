@@ -76,6 +76,8 @@ def test_pretrained_checkpoint_round_trip_loads_strictly(tmp_path):
     model = build_model(run.model)
     path = tmp_path / "good.pth"
     torch.save({"model_ema": model.state_dict(), "model": {}}, path)
-    loaded = build_model(validate(compose_cfg(*FAST, "model.init=pretrained", f"model.weights.path={path}")).model)
+    loaded = build_model(
+        validate(compose_cfg(*FAST, "model.init=pretrained", f"model.weights.path={path}")).model
+    )
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key

@@ -36,7 +36,9 @@ def test_run_writes_samples_npz_grid_and_metrics(single_run):
     assert metrics["flops/tflops_per_img"] > 0 and metrics["perf/latency_s_per_img"] > 0
     samples = _samples(single_run)
     assert samples.shape == (5, 16, 16, 3) and samples.dtype == np.uint8
-    assert sorted(p.name for p in (single_run / "samples").glob("*.png")) == [f"{i:06d}.png" for i in range(5)]
+    assert sorted(p.name for p in (single_run / "samples").glob("*.png")) == [
+        f"{i:06d}.png" for i in range(5)
+    ]
     assert len(list((single_run / "latents").glob("*.npy"))) == 5
     assert (single_run / "grid.png").exists()
     assert "perf/speedup" not in metrics  # switched off in FAST
@@ -47,7 +49,11 @@ def test_ddp_spawn_two_processes_writes_the_same_images(single_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = read_metrics(tmp_path)
     assert metrics["meta/world_size"] == 2
-    records = [json.loads(line) for f in (tmp_path / "stats").glob("rank*.jsonl") for line in f.read_text().splitlines()]
+    records = [
+        json.loads(line)
+        for f in (tmp_path / "stats").glob("rank*.jsonl")
+        for line in f.read_text().splitlines()
+    ]
     indices = Counter(i for r in records for i in r["indices"])
     assert sorted(indices) == list(range(5)) and set(indices.values()) == {1}
     assert {r["rank"] for r in records} == {0, 1}

@@ -216,5 +216,3 @@ class MAR(nn.Module):
         c = self.arch.vae_embed_dim
         x = tokens.reshape(n, h, h, c, p, p).permute(0, 3, 1, 4, 2, 5)
         return x.reshape(n, c, h * p, h * p)
-
-
