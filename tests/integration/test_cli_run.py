@@ -98,3 +98,23 @@ def test_accelerated_run_measures_speedup_against_paired_baseline(tmp_path):
     assert m["flops/speedup"] == pytest.approx(m["flops/baseline_tflops_per_img"] / m["flops/tflops_per_img"])
     assert m["flops/speedup"] > 1
     assert 0 < m["quality/psnr_vs_baseline"] < 100
+
+
+def test_quality_metrics_with_a_pluggable_extractor_and_reference_stats(single_run, tmp_path):
+    import torch
+    from toy_extractor import make
+
+    from lazygen.metrics.quality import compute_stats, save_reference_stats
+
+    images = torch.from_numpy(_samples(single_run)).permute(0, 3, 1, 2)
+    stats = tmp_path / "ref.npz"
+    save_reference_stats(stats, *compute_stats(make()(images).features))
+    run_dir = tmp_path / "run"
+    proc = cli(*FAST, "data.num_images=5", "metrics.quality.enabled=true", "metrics.quality.is_splits=1",
+               "metrics.quality.extractor=toy_extractor.make", f"metrics.quality.reference_stats={stats}",
+               f"hydra.run.dir={run_dir}", env={"PYTHONPATH": str(REPO / "tests" / "integration")})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = read_metrics(run_dir)
+    # the same images against their own statistics: FID ~ 0
+    assert abs(metrics["quality/fid"]) < 1e-3
+    assert metrics["quality/is_mean"] >= 1.0

@@ -1,0 +1,51 @@
+"""Every preset composes and validates; schemas reject what they should."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import REPO, compose_cfg
+
+from lazygen.config import validate
+from lazygen.errors import ConfigError
+
+EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_presets_compose_and_validate(name):
+    run = validate(compose_cfg(f"experiment={name}"))
+    model, steps = name.rsplit("_", 1)
+    assert run.model.name == model and run.sampler.num_iter == int(steps)
+    assert run.task_name == name
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_presets_validate_and_take_the_readme_cfg(name):
+    run = validate(compose_cfg(f"model={name}"))
+    assert run.sampler.cfg == run.model.default_cfg
+    assert run.model.arch.seq_len == 256
+
+
+def test_custom_sizes_come_from_arch_overrides():
+    run = validate(compose_cfg("model=tiny_mar", "model.arch.encoder_depth=3", "model.arch.diffloss_w=32"))
+    assert run.model.arch.encoder_depth == 3 and run.model.arch.diffloss_w == 32
+
+
+def test_unknown_key_is_rejected():
+    cfg = compose_cfg("model=tiny_mar", "+sampler.typo=1")
+    with pytest.raises(ConfigError, match="sampler"):
+        validate(cfg)
+
+
+def test_head_count_must_divide_width():
+    with pytest.raises(ConfigError, match="encoder_num_heads"):
+        validate(compose_cfg("model=tiny_mar", "model.arch.encoder_num_heads=5"))
+
+
+def test_conf_dir_is_the_checkout_conf():
+    from lazygen.cli import CONFIG_PATH
+
+    assert Path(CONFIG_PATH) == REPO / "conf"
