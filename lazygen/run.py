@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -33,7 +34,7 @@ from lazygen.callbacks.progress import ImagesPerSecondBar
 from lazygen.callbacks.writer import SampleWriter, finished_indices, read_batch_records, sample_png
 from lazygen.config import RunConf, validate
 from lazygen.data.specs import SampleSpec, SpecDataset, build_specs
-from lazygen.errors import LazygenError
+from lazygen.errors import ConfigError, LazygenError
 from lazygen.lit.generation import GenerationModule, Generator
 from lazygen.metrics.perf import latency_metrics, measure_flops
 
@@ -58,6 +59,16 @@ def _trainer(run: RunConf, run_dir: Path) -> L.Trainer:
     callbacks: list[Any] = [SampleWriter(run_dir, save_latents=run.callbacks.save_latents)]
     if run.callbacks.progress_bar:
         callbacks.append(ImagesPerSecondBar())
+    try:
+        return _make_trainer(hw, run, run_dir, callbacks)
+    except MisconfigurationException as exc:
+        raise ConfigError(
+            f"The hardware settings cannot run here: {exc}. Pick a preset that fits this machine "
+            "(hardware=cpu, hardware=cpu_ddp, hardware=gpu or hardware=ddp) or adjust hardware.devices."
+        ) from None
+
+
+def _make_trainer(hw, run: RunConf, run_dir: Path, callbacks: list[Any]) -> L.Trainer:
     return L.Trainer(
         accelerator=hw.accelerator,
         devices=hw.devices,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import netrc
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +19,34 @@ import numpy as np
 from lazygen.config import LoggerConf
 
 WANDB_HOST = "api.wandb.ai"
+WANDB_PORT = 443
+PROBE_TIMEOUT_S = 3.0
+
+
+def _has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return bool(netrc.netrc().authenticators(WANDB_HOST))
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def _reachable() -> bool:
+    try:
+        socket.create_connection((WANDB_HOST, WANDB_PORT), timeout=PROBE_TIMEOUT_S).close()
+        return True
+    except OSError:
+        return False
 
 
 def wandb_mode(requested: str) -> str:
-    """``auto`` means online only when credentials exist; a fresh offline machine logs offline."""
+    """``auto``: online only with credentials and a reachable server, else offline (sync later)."""
     if requested != "auto":
         return requested
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    try:
-        if netrc.netrc().authenticators(WANDB_HOST):
-            return "online"
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        pass
-    return "offline"
+    return "online" if _has_credentials() and _reachable() else "offline"
 
 
 def log_run(

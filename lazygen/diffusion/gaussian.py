@@ -88,11 +88,19 @@ class SpacedDiffusion:
         self.posterior_mean_coef1 = self.betas * np.sqrt(acp_prev) / (1.0 - acp)
         self.posterior_mean_coef2 = (1.0 - acp_prev) * np.sqrt(alphas) / (1.0 - acp)
         self.log_betas = np.log(self.betas)
-
-    @staticmethod
-    def _at(arr: np.ndarray, k: int, like: torch.Tensor) -> torch.Tensor:
-        """Entry k of a float64 schedule array as a float32 scalar tensor on ``like``'s device."""
-        return torch.tensor(arr[k], dtype=torch.float64, device=like.device).float()
+        # Per-step coefficients rounded to float32 once (the reference gathers float64 and casts each
+        # step); as Python floats they multiply float32 tensors without creating tensors in the loop.
+        self._coef = {
+            name: [float(np.float32(v)) for v in getattr(self, name)]
+            for name in (
+                "posterior_log_variance_clipped",
+                "log_betas",
+                "sqrt_recip_alphas_cumprod",
+                "sqrt_recipm1_alphas_cumprod",
+                "posterior_mean_coef1",
+                "posterior_mean_coef2",
+            )
+        }
 
     def p_sample(
         self, denoise: DenoiseFn, x: torch.Tensor, k: int, noise: torch.Tensor, temperature: float
@@ -102,17 +110,14 @@ class SpacedDiffusion:
         out = denoise(x, t)
         channels = x.shape[1]
         eps, var_values = out[:, :channels], out[:, channels:]
-        min_log = self._at(self.posterior_log_variance_clipped, k, x)
-        max_log = self._at(self.log_betas, k, x)
+        c = {name: values[k] for name, values in self._coef.items()}
         frac = (var_values + 1) / 2
-        log_variance = frac * max_log + (1 - frac) * min_log
-        x0 = (
-            self._at(self.sqrt_recip_alphas_cumprod, k, x) * x
-            - self._at(self.sqrt_recipm1_alphas_cumprod, k, x) * eps
-        )
-        mean = self._at(self.posterior_mean_coef1, k, x) * x0 + self._at(self.posterior_mean_coef2, k, x) * x
-        nonzero = 1.0 if k != 0 else 0.0
-        return mean + nonzero * torch.exp(0.5 * log_variance) * noise * temperature
+        log_variance = frac * c["log_betas"] + (1 - frac) * c["posterior_log_variance_clipped"]
+        x0 = c["sqrt_recip_alphas_cumprod"] * x - c["sqrt_recipm1_alphas_cumprod"] * eps
+        mean = c["posterior_mean_coef1"] * x0 + c["posterior_mean_coef2"] * x
+        if k == 0:  # the last step adds no noise (the noise is still drawn, as in the reference)
+            return mean
+        return mean + torch.exp(0.5 * log_variance) * noise * temperature
 
     def p_sample_loop(
         self, denoise: DenoiseFn, x_init: torch.Tensor, noise_fn: NoiseFn, temperature: float = 1.0

@@ -81,3 +81,9 @@ def test_pretrained_checkpoint_round_trip_loads_strictly(tmp_path):
     )
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_preset_on_a_cpu_machine_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="hardware=cpu"):
+        _run(tmp_path, "hardware=gpu")
