@@ -25,6 +25,7 @@ TOKENIZERS = ("kl16", "pixel")
 LOGGERS = ("wandb", "csv", "none")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 FLOP_MODES = ("auto", "meta", "real")
+MIN_DIFFUSION_STEPS = 2
 
 
 @dataclass
@@ -229,9 +230,9 @@ def _validate_values(run: RunConf) -> None:
         f"{a.seq_len} steps. Set sampler.num_iter to a value in that range (64 is the usual choice).",
     )
     _check(s.temperature > 0, f"sampler.temperature={s.temperature} must be positive (1.0 is the default).")
-    _check(s.diffusion_steps is None or 1 <= s.diffusion_steps <= 1000,
-           f"sampler.diffusion_steps={s.diffusion_steps} must be between 1 and 1000, or null for the "
-           "model's default.")  # fmt: skip
+    _check(s.diffusion_steps is None or MIN_DIFFUSION_STEPS <= s.diffusion_steps <= 1000,
+           f"sampler.diffusion_steps={s.diffusion_steps} must be between {MIN_DIFFUSION_STEPS} and 1000 (the "
+           "learned variance needs two steps), or null for the model's default.")  # fmt: skip
     _check(d.num_images >= 1, f"data.num_images={d.num_images} must be at least 1.")
     _check(d.batch_size >= 1, f"data.batch_size={d.batch_size} must be at least 1.")
     if isinstance(d.labels, str):

@@ -75,6 +75,10 @@ class SpacedDiffusion:
                 last = acp
         self.betas = np.array(betas, dtype=np.float64)
         self.num_timesteps = len(self.betas)
+        if self.num_timesteps < 2:
+            raise ValueError(
+                "a respaced diffusion needs at least 2 steps (the clipped log-variance uses step 1)"
+            )
 
         alphas = 1.0 - self.betas
         acp = np.cumprod(alphas)

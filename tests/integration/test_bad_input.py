@@ -87,3 +87,8 @@ def test_pretrained_checkpoint_round_trip_loads_strictly(tmp_path):
 def test_gpu_preset_on_a_cpu_machine_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="hardware=cpu"):
         _run(tmp_path, "hardware=gpu")
+
+
+def test_one_diffusion_step_is_rejected():
+    with pytest.raises(ConfigError, match="sampler.diffusion_steps=1 must be between 2 and 1000"):
+        validate(compose_cfg(*FAST, "sampler.diffusion_steps=1"))
