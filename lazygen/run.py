@@ -83,12 +83,14 @@ def _make_trainer(hw, run: RunConf, run_dir: Path, callbacks: list[Any]) -> L.Tr
     )
 
 
-def generate_samples(run: RunConf, run_dir: Path, generator: Generator, todo: list[SampleSpec]) -> int:
-    """Generate the specs not yet done; returns the global rank (non-zero ranks stop after this)."""
+def generate_samples(
+    run: RunConf, run_dir: Path, generator: Generator, todo: list[SampleSpec]
+) -> tuple[int, int]:
+    """Generate the specs not yet done; returns (global rank, world size). Non-zero ranks stop after."""
     trainer = _trainer(run, run_dir)
     loader = DataLoader(SpecDataset(todo), batch_size=run.data.batch_size, shuffle=False, num_workers=0)
     trainer.predict(GenerationModule(generator), dataloaders=loader, return_predictions=False)
-    return trainer.global_rank
+    return trainer.global_rank, trainer.world_size
 
 
 def load_images(run_dir: Path, specs: list[SampleSpec]) -> np.ndarray:
@@ -217,12 +219,13 @@ def run_job(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> d
     todo = [s for s in specs if s.index not in done]
 
     generator = make_generator(run, "cpu", home)
-    world_size = 1
-    if todo:
-        if generate_samples(run, run_dir, generator, todo) != 0:
-            return {}
     records = read_batch_records(run_dir)
-    world_size = max([int(r["rank"]) + 1 for r in records] + [world_size])
+    world_size = max([int(r["rank"]) + 1 for r in records] + [1])  # of the earlier attempt, if resuming
+    if todo:
+        rank, world_size = generate_samples(run, run_dir, generator, todo)
+        if rank != 0:
+            return {}
+        records = read_batch_records(run_dir)
 
     images = load_images(run_dir, specs)
     metrics: dict[str, float] = {
