@@ -118,3 +118,14 @@ def test_quality_metrics_with_a_pluggable_extractor_and_reference_stats(single_r
     # the same images against their own statistics: FID ~ 0
     assert abs(metrics["quality/fid"]) < 1e-3
     assert metrics["quality/is_mean"] >= 1.0
+
+
+def test_ddp_subprocess_launcher_writes_the_same_images(single_run, tmp_path):
+    # strategy=ddp re-executes `python -m lazygen` per rank (what hardware=ddp uses on GPUs)
+    proc = cli(
+        *FAST, "hardware=cpu_ddp", "hardware.strategy=ddp", "data.num_images=5", f"hydra.run.dir={tmp_path}"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_metrics(tmp_path)["meta/world_size"] == 2
+    assert sorted(p.name for p in (tmp_path / "stats").glob("*.jsonl")) == ["rank0.jsonl", "rank1.jsonl"]
+    np.testing.assert_array_equal(_samples(tmp_path), _samples(single_run))
