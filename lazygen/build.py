@@ -6,13 +6,15 @@ large models without allocating or loading weights).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from lazygen.cache.base import CachePolicy
-from lazygen.config import CacheConf, ModelConf, RunConf, SamplerConf
+from lazygen.config import CacheConf, ModelConf, RunConf, SamplerConf, TokenizerConf, WeightsConf
 from lazygen.errors import ConfigError
 from lazygen.models.mar.mar import MAR
 from lazygen.models.pixel import PixelTokenizer
@@ -20,24 +22,33 @@ from lazygen.samplers.mar import MARSampler, MARSamplerConf
 from lazygen.weights import load_strict, read_state_dict, resolve_weight
 
 
-def _weights_path(registry: str | None, path: str | None, home: Path | None, key: str) -> Path:
-    return resolve_weight(registry, path, home=home, config_key=key)
+def _network(
+    factory: Callable[[], nn.Module],
+    conf: ModelConf,
+    weights: WeightsConf | TokenizerConf,
+    config_key: str,
+    device: torch.device,
+    home: Path | None,
+) -> nn.Module:
+    """Seeded random weights (also for any meta-device build), or a strictly loaded checkpoint."""
+    if conf.init == "random" or device.type == "meta":
+        with torch.random.fork_rng(devices=[]), torch.device(device):
+            torch.manual_seed(conf.init_seed)
+            return factory().eval()
+    path = resolve_weight(weights.registry, weights.path, home=home, config_key=config_key)
+    with torch.device("meta"):
+        network = factory()
+    load_strict(network, read_state_dict(path), source=str(path), assign=True)
+    return network.to(device).eval()
 
 
 def build_model(conf: ModelConf, device: str | torch.device = "cpu", home: Path | None = None) -> MAR:
     """The generator network, in eval mode; pretrained weights are loaded strictly."""
     if conf.family != "mar":
         raise ConfigError(f"model.family={conf.family!r} has no builder yet; use a MAR model (mar_b/l/h).")
-    device = torch.device(device)
-    if conf.init == "random" or device.type == "meta":
-        with torch.random.fork_rng(devices=[]), torch.device(device):
-            torch.manual_seed(conf.init_seed)
-            return MAR(conf.arch).eval()
-    path = _weights_path(conf.weights.registry, conf.weights.path, home, "model.weights.path")
-    with torch.device("meta"):
-        model = MAR(conf.arch)
-    load_strict(model, read_state_dict(path), source=str(path), assign=True)
-    return model.to(device).eval()
+    return _network(
+        lambda: MAR(conf.arch), conf, conf.weights, "model.weights.path", torch.device(device), home
+    )
 
 
 def build_tokenizer(
@@ -49,29 +60,18 @@ def build_tokenizer(
         return PixelTokenizer(tok.latent_scale).to(device)
     from lazygen.models.vae.kl import AutoencoderKL
 
-    device = torch.device(device)
-    if conf.init == "random" or device.type == "meta":
-        with torch.random.fork_rng(devices=[]), torch.device(device):
-            torch.manual_seed(conf.init_seed)
-            return AutoencoderKL.kl16(latent_scale=tok.latent_scale).eval()
-    path = _weights_path(tok.registry, tok.path, home, "model.tokenizer.path")
-    with torch.device("meta"):
-        vae = AutoencoderKL.kl16(latent_scale=tok.latent_scale)
-    load_strict(vae, read_state_dict(path), source=str(path), assign=True)
-    return vae.to(device).eval()
+    return _network(
+        lambda: AutoencoderKL.kl16(latent_scale=tok.latent_scale),
+        conf,
+        tok,
+        "model.tokenizer.path",
+        torch.device(device),
+        home,
+    )
 
 
 def build_sampler(conf: SamplerConf) -> MARSampler:
-    return MARSampler(
-        MARSamplerConf(
-            num_iter=conf.num_iter,
-            cfg=conf.cfg,
-            cfg_schedule=conf.cfg_schedule,
-            temperature=conf.temperature,
-            diffusion_steps=conf.diffusion_steps,
-            rng=conf.rng,
-        )
-    )
+    return MARSampler(MARSamplerConf(**{f.name: getattr(conf, f.name) for f in fields(MARSamplerConf)}))
 
 
 def build_policy(conf: CacheConf) -> CachePolicy:

@@ -60,27 +60,23 @@ def _trainer(run: RunConf, run_dir: Path) -> L.Trainer:
     if run.callbacks.progress_bar:
         callbacks.append(ImagesPerSecondBar())
     try:
-        return _make_trainer(hw, run, run_dir, callbacks)
+        return L.Trainer(
+            accelerator=hw.accelerator,
+            devices=hw.devices,
+            strategy=hw.strategy,
+            precision=hw.precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=run.callbacks.progress_bar,
+            callbacks=callbacks,
+            default_root_dir=str(run_dir),
+        )
     except MisconfigurationException as exc:
         raise ConfigError(
             f"The hardware settings cannot run here: {exc}. Pick a preset that fits this machine "
             "(hardware=cpu, hardware=cpu_ddp, hardware=gpu or hardware=ddp) or adjust hardware.devices."
         ) from None
-
-
-def _make_trainer(hw, run: RunConf, run_dir: Path, callbacks: list[Any]) -> L.Trainer:
-    return L.Trainer(
-        accelerator=hw.accelerator,
-        devices=hw.devices,
-        strategy=hw.strategy,
-        precision=hw.precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=run.callbacks.progress_bar,
-        callbacks=callbacks,
-        default_root_dir=str(run_dir),
-    )
 
 
 def generate_samples(
@@ -215,11 +211,11 @@ def run_job(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> d
         torch.set_num_threads(run.hardware.num_threads)
     home = Path(str(cfg.paths.weights_dir)) if "paths" in cfg else None
     specs = build_specs(run.data.num_images, run.model.arch.class_num, run.data.labels, run.data.seed)
-    done = finished_indices(run_dir)
+    records = read_batch_records(run_dir)
+    done = finished_indices(run_dir, records)
     todo = [s for s in specs if s.index not in done]
 
     generator = make_generator(run, "cpu", home)
-    records = read_batch_records(run_dir)
     world_size = max([int(r["rank"]) + 1 for r in records] + [1])  # of the earlier attempt, if resuming
     if todo:
         rank, world_size = generate_samples(run, run_dir, generator, todo)

@@ -9,7 +9,7 @@ conditional-only forwards) to skip work. Policies keep per-generation state: ``r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -37,19 +37,9 @@ class CacheStats:
     reused_steps: int = 0
     recomputed_tokens: int = 0
     total_tokens: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
 
     def counters(self) -> dict[str, int]:
-        return {
-            "full_steps": self.full_steps,
-            "reused_steps": self.reused_steps,
-            "recomputed_tokens": self.recomputed_tokens,
-            "total_tokens": self.total_tokens,
-        }
-
-    def as_metrics(self) -> dict[str, float]:
-        frac = self.recomputed_tokens / self.total_tokens if self.total_tokens else 1.0
-        return {"cache/full_steps": float(self.full_steps), "cache/recompute_frac": frac, **self.extra}
+        return asdict(self)
 
 
 class CachePolicy:

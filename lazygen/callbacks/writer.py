@@ -57,18 +57,17 @@ def read_batch_records(run_dir: Path) -> list[dict]:
     return records
 
 
-def finished_indices(run_dir: Path) -> set[int]:
-    """Indices whose batch was recorded and whose PNG exists."""
-    done = {i for r in read_batch_records(run_dir) for i in r["indices"]}
+def finished_indices(run_dir: Path, records: list[dict]) -> set[int]:
+    """Indices whose batch was recorded (in ``records``) and whose PNG exists."""
+    done = {i for r in records for i in r["indices"]}
     return {i for i in done if sample_png(run_dir, i).exists()}
 
 
 class SampleWriter(BasePredictionWriter):
-    def __init__(self, run_dir: str | Path, save_latents: bool = True, attempt: str = "0") -> None:
+    def __init__(self, run_dir: str | Path, save_latents: bool = True) -> None:
         super().__init__(write_interval="batch")
         self.run_dir = Path(run_dir)
         self.save_latents = save_latents
-        self.attempt = attempt
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
@@ -86,7 +85,6 @@ class SampleWriter(BasePredictionWriter):
                 _save_npy(self.run_dir / LATENTS_DIR / f"{index:06d}.npy", latents[k])
         record = {
             "rank": trainer.global_rank,
-            "attempt": self.attempt,
             "batch_idx": batch_idx,
             "indices": indices,
             "labels": [int(c) for c in prediction["label"]],
