@@ -57,7 +57,7 @@ def build_tokenizer(
     """The latent decoder (KL-16 VAE or the pixel tokenizer), in eval mode."""
     tok = conf.tokenizer
     if tok.kind == "pixel":
-        return PixelTokenizer(tok.latent_scale).to(device)
+        return PixelTokenizer(tok.latent_scale, tok.latent_shift).to(device)
     from lazygen.models.vae.kl import AutoencoderKL
 
     return _network(

@@ -40,6 +40,7 @@ class TokenizerConf:
     registry: str | None = "kl16"
     path: str | None = None
     latent_scale: float = 0.2325
+    latent_shift: float = 0.0  # pixel tokens: (image - shift) * scale, so tokens have about zero mean
 
 
 @dataclass
@@ -174,6 +175,15 @@ def _typed(group: str, schema: type, node: Any) -> Any:
             f"Invalid configuration in group '{group}' at key '{group}.{key}': {exc.msg.splitlines()[0]}. "
             f"Check the spelling and the type of the value (see conf/{group}/ for the available keys)."
         ) from None
+
+
+def typed_group(group: str, schema: type, node: Any) -> Any:
+    """One config group as its dataclass schema (unknown keys and wrong types become a ConfigError)."""
+    try:
+        container = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"The configuration of group '{group}' could not be resolved: {exc.msg}.") from None
+    return _typed(group, schema, container)
 
 
 def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -92,6 +92,9 @@ class SpacedDiffusion:
         self.posterior_mean_coef1 = self.betas * np.sqrt(acp_prev) / (1.0 - acp)
         self.posterior_mean_coef2 = (1.0 - acp_prev) * np.sqrt(alphas) / (1.0 - acp)
         self.log_betas = np.log(self.betas)
+        self.sqrt_alphas_cumprod = np.sqrt(acp)
+        self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - acp)
+        self._tables: dict[tuple[str, torch.device], torch.Tensor] = {}  # training-time gathers
         # Per-step coefficients rounded to float32 once (the reference gathers float64 and casts each
         # step); as Python floats they multiply float32 tensors without creating tensors in the loop.
         self._coef = {
@@ -106,22 +109,66 @@ class SpacedDiffusion:
             )
         }
 
+    @staticmethod
+    def _model_mean_log_variance(
+        x: torch.Tensor, out: torch.Tensor, c: dict
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean from the predicted eps and the learned-range log-variance (no x0 clipping).
+
+        ``c`` holds the step's coefficients: Python floats when sampling one step for every row, (rows, 1)
+        tensors when training rows sit at different timesteps.
+        """
+        channels = x.shape[1]
+        eps, var_values = out[:, :channels], out[:, channels:]
+        frac = (var_values + 1) / 2
+        log_variance = frac * c["log_betas"] + (1 - frac) * c["posterior_log_variance_clipped"]
+        x0 = c["sqrt_recip_alphas_cumprod"] * x - c["sqrt_recipm1_alphas_cumprod"] * eps
+        return c["posterior_mean_coef1"] * x0 + c["posterior_mean_coef2"] * x, log_variance
+
     def p_sample(
         self, denoise: DenoiseFn, x: torch.Tensor, k: int, noise: torch.Tensor, temperature: float
     ) -> torch.Tensor:
         """One ancestral step x_k -> x_{k-1} (eps prediction, learned-range variance, no x0 clipping)."""
         t = torch.full((x.shape[0],), self.timestep_map[k], dtype=torch.long, device=x.device)
-        out = denoise(x, t)
-        channels = x.shape[1]
-        eps, var_values = out[:, :channels], out[:, channels:]
         c = {name: values[k] for name, values in self._coef.items()}
-        frac = (var_values + 1) / 2
-        log_variance = frac * c["log_betas"] + (1 - frac) * c["posterior_log_variance_clipped"]
-        x0 = c["sqrt_recip_alphas_cumprod"] * x - c["sqrt_recipm1_alphas_cumprod"] * eps
-        mean = c["posterior_mean_coef1"] * x0 + c["posterior_mean_coef2"] * x
+        mean, log_variance = self._model_mean_log_variance(x, denoise(x, t), c)
         if k == 0:  # the last step adds no noise (the noise is still drawn, as in the reference)
             return mean
         return mean + torch.exp(0.5 * log_variance) * noise * temperature
+
+    def _gather(self, name: str, k: torch.Tensor) -> torch.Tensor:
+        """Per-row coefficient (rows, 1): float64 table gathered, then cast to float32 (IDDPM's habit)."""
+        key = (name, k.device)
+        if key not in self._tables:
+            self._tables[key] = torch.from_numpy(np.asarray(getattr(self, name), dtype=np.float64)).to(
+                k.device
+            )
+        return self._tables[key][k].float().unsqueeze(1)
+
+    def training_loss(
+        self, denoise: DenoiseFn, x0: torch.Tensor, k: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-row loss of the learned-sigma objective: MSE on eps plus the variational bound term.
+
+        The bound uses the predicted eps detached, so it only trains the variance; at k = 0 it is the
+        discretized Gaussian likelihood of x0, elsewhere KL(q(x_{k-1}|x_k, x0) || p(x_{k-1}|x_k)), in bits.
+        """
+        x_t = (
+            self._gather("sqrt_alphas_cumprod", k) * x0
+            + self._gather("sqrt_one_minus_alphas_cumprod", k) * noise
+        )
+        t = torch.as_tensor(self.timestep_map, device=k.device)[k]
+        out = denoise(x_t, t)
+        channels = x0.shape[1]
+        mse = (noise - out[:, :channels]).pow(2).mean(dim=1)
+        frozen = torch.cat([out[:, :channels].detach(), out[:, channels:]], dim=1)
+        c = {name: self._gather(name, k) for name in self._coef}
+        mean, log_variance = self._model_mean_log_variance(x_t, frozen, c)
+        true_mean = c["posterior_mean_coef1"] * x0 + c["posterior_mean_coef2"] * x_t
+        kl = normal_kl(true_mean, c["posterior_log_variance_clipped"], mean, log_variance).mean(dim=1)
+        nll = -discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_variance).mean(dim=1)
+        vb = torch.where(k == 0, nll, kl) / math.log(2.0)
+        return mse + vb
 
     def p_sample_loop(
         self, denoise: DenoiseFn, x_init: torch.Tensor, noise_fn: NoiseFn, temperature: float = 1.0
@@ -131,3 +178,37 @@ class SpacedDiffusion:
         for k in reversed(range(self.num_timesteps)):
             x = self.p_sample(denoise, x, k, noise_fn(k, x), temperature)
         return x
+
+
+def normal_kl(
+    mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor
+) -> torch.Tensor:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, in nats."""
+    return 0.5 * (
+        -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
+    )
+
+
+def _approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+DATA_BIN = 1.0 / 255.0  # half-width of a uint8 bin in [-1, 1] data
+DATA_EDGE = 0.999  # values beyond this are the open-ended end bins
+LOG_EPS = 1e-12
+
+
+def discretized_gaussian_log_likelihood(
+    x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor
+) -> torch.Tensor:
+    """Log-probability of x in [-1, 1] under a Gaussian integrated over its uint8 bin (IDDPM's decoder)."""
+    centered = x - means
+    inv_std = torch.exp(-log_scales)
+    cdf_plus = _approx_standard_normal_cdf(inv_std * (centered + DATA_BIN))
+    cdf_min = _approx_standard_normal_cdf(inv_std * (centered - DATA_BIN))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=LOG_EPS))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=LOG_EPS))
+    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=LOG_EPS))
+    return torch.where(
+        x < -DATA_EDGE, log_cdf_plus, torch.where(x > DATA_EDGE, log_one_minus_cdf_min, log_delta)
+    )

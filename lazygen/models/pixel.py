@@ -13,16 +13,20 @@ RGB = 3
 
 
 class PixelTokenizer(nn.Module):
-    """Latent (B, C, H, W) in units of ``1 / latent_scale`` <-> images in [-1, 1] (grey when C = 1)."""
+    """Tokens (B, C, H, W) = (image - latent_shift) * latent_scale <-> images in [-1, 1] (grey when C = 1).
 
-    def __init__(self, latent_scale: float) -> None:
+    Shift and scale bring the tokens to about zero mean and unit variance, as MAR's diffusion head expects.
+    """
+
+    def __init__(self, latent_scale: float, latent_shift: float = 0.0) -> None:
         super().__init__()
         self.latent_scale = latent_scale
+        self.latent_shift = latent_shift
 
     def decode_tokens_latent(self, latent: torch.Tensor) -> torch.Tensor:
-        image = (latent / self.latent_scale).clamp(-1, 1)
+        image = (latent / self.latent_scale + self.latent_shift).clamp(-1, 1)
         return image.expand(-1, RGB, -1, -1) if image.shape[1] == 1 else image
 
     def encode_to_latent(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] (B, C, H, W) -> scaled latent tokens."""
-        return images * self.latent_scale
+        """Images in [-1, 1] (B, C, H, W) -> tokens."""
+        return (images - self.latent_shift) * self.latent_scale

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from lazygen.diffusion import SpacedDiffusion
-from lazygen.diffusion.gaussian import NoiseFn
+from lazygen.diffusion.gaussian import TRAIN_TIMESTEPS, NoiseFn
 from lazygen.models.mar.transformer import LAYER_NORM_EPS
 
 TIMESTEP_FREQ_DIM = 256
@@ -113,6 +113,20 @@ class DiffLoss(nn.Module):
         self.in_channels = target_channels
         self.net = SimpleMLPAdaLN(target_channels, width, z_channels, depth)
         self.gen_diffusion = SpacedDiffusion(num_sampling_steps)
+        self.train_diffusion = SpacedDiffusion(TRAIN_TIMESTEPS)
+
+    def loss(
+        self, target: torch.Tensor, z: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Mean training loss of tokens ``target`` (R, C) given conditions ``z`` (R, D).
+
+        Each row gets a uniform timestep of the full training chain and fresh noise from ``generator``.
+        """
+        diffusion = self.train_diffusion
+        k = torch.randint(0, diffusion.num_timesteps, (target.shape[0],), generator=generator)
+        noise = torch.randn(target.shape, generator=generator)
+        k, noise = k.to(target.device), noise.to(target.device, target.dtype)
+        return diffusion.training_loss(lambda x, t: self.net(x, t, z), target, k, noise).mean()
 
     def sample(
         self,

@@ -1,0 +1,198 @@
+"""``python -m lazygen.train``: train the tiny models lazygen ships, with Lightning ``fit``.
+
+``recipe=mar`` (default) trains a MAR (``model=tiny_mar``) on ``data=digits16``; ``recipe=evaluator``
+trains the digits16 classifier that measures FID/IS/class accuracy and writes the reference statistics
+of the real training digits. Each run exports the EMA weights as safetensors plus a manifest (sha256, the
+exact command, the commit, the final loss) into ``export_dir``; ``export_dir=lazygen/assets`` replaces
+the shipped files. An interrupted run resumes from ``<run dir>/checkpoints/last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, TensorDataset
+
+from lazygen.cli import CONFIG_PATH, USER_ERROR_EXIT
+from lazygen.config import HardwareConf, ModelConf, typed_group
+from lazygen.data.digits16 import DatasetConf, load_digits16, to_uint8_rgb
+from lazygen.errors import ConfigError, LazygenError
+from lazygen.lit.training import ClassifierFitModule, MARFitModule, RecipeConf
+from lazygen.weights import sha256_of
+
+RECIPES = ("mar", "evaluator")
+LOSS_WINDOW = 100  # the reported final loss is the mean over the last steps
+CHECKPOINT_EVERY = 500
+EVALUATOR_NAME = "digits16_evaluator"
+REFERENCE_STATS_NAME = "digits16_reference_stats.npz"
+EVAL_BATCH = 256
+
+
+def git_commit() -> str:
+    """The commit of the lazygen checkout this runs from (with ``-dirty`` if it has local changes)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True)  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _validate(recipe: RecipeConf, data: DatasetConf) -> None:
+    if recipe.target not in RECIPES:
+        raise ConfigError(f"recipe.target={recipe.target!r} is not one of {', '.join(RECIPES)}.")
+    if recipe.max_steps < 1 or recipe.batch_size < 1:
+        raise ConfigError(
+            f"recipe.max_steps={recipe.max_steps} and recipe.batch_size={recipe.batch_size} must be at least 1."
+        )
+    if recipe.lr_schedule not in ("cosine", "constant"):
+        raise ConfigError(f"recipe.lr_schedule={recipe.lr_schedule!r} must be cosine or constant.")
+    if not 0.0 <= recipe.mask_ratio_min <= 1.0:
+        raise ConfigError(f"recipe.mask_ratio_min={recipe.mask_ratio_min} must lie in [0, 1] (MAR uses 0.7).")
+
+
+def _loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int) -> DataLoader:
+    if batch_size > len(images):
+        raise ConfigError(
+            f"recipe.batch_size={batch_size} is larger than the {len(images)} training images; lower it."
+        )
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(TensorDataset(images, labels), batch_size=batch_size, shuffle=True, drop_last=True,
+                      generator=gen)  # fmt: skip
+
+
+def _module(cfg: DictConfig, recipe: RecipeConf, seed: int) -> tuple[L.LightningModule, str]:
+    if recipe.target == "evaluator":
+        from lazygen.metrics.digits_classifier import DigitsClassifier
+
+        torch.manual_seed(seed)
+        return ClassifierFitModule(DigitsClassifier(), recipe, seed), EVALUATOR_NAME
+    from lazygen.build import build_tokenizer
+    from lazygen.models.mar.mar import MAR
+
+    model_conf: ModelConf = typed_group("model", ModelConf, cfg.model)
+    if model_conf.tokenizer.kind != "pixel":
+        raise ConfigError(
+            f"model={model_conf.name} decodes with a {model_conf.tokenizer.kind} tokenizer; lazygen.train "
+            "trains pixel-token models on digits16 (model=tiny_mar)."
+        )
+    torch.manual_seed(model_conf.init_seed)
+    model = MAR(model_conf.arch)
+    return MARFitModule(model, build_tokenizer(model_conf), recipe, seed), model_conf.name
+
+
+def _evaluator_extras(module: ClassifierFitModule, data: DatasetConf, export_dir: Path) -> dict[str, Any]:
+    """Held-out accuracy of the EMA classifier, and the reference statistics of the training digits."""
+    from lazygen.metrics.quality import compute_stats, save_reference_stats
+
+    net = module.net.eval()
+    net.load_state_dict(module.ema.state_dict())
+    out: dict[str, Any] = {}
+    for split in ("train", "heldout"):
+        images, labels = load_digits16(data, split)
+        feats, logits = [], []
+        with torch.no_grad():
+            for i in range(0, len(images), EVAL_BATCH):
+                f, lg = net(to_uint8_rgb(images[i : i + EVAL_BATCH]))
+                feats.append(f)
+                logits.append(lg)
+        acc = float((torch.cat(logits).argmax(1) == labels).float().mean())
+        out[f"{split}_accuracy"] = acc
+        if split == "train":
+            mu, sigma = compute_stats(torch.cat(feats))
+            save_reference_stats(export_dir / REFERENCE_STATS_NAME, mu, sigma)
+            out["reference_stats"] = {"file": REFERENCE_STATS_NAME, "images": len(images), "split": "train",
+                                      "sha256": sha256_of(export_dir / REFERENCE_STATS_NAME)}  # fmt: skip
+    return out
+
+
+def train_job(cfg: DictConfig, run_dir: str | Path, command: str) -> dict[str, Any]:
+    """Fit one recipe, export the EMA weights and the manifest; returns the manifest."""
+    recipe: RecipeConf = typed_group("recipe", RecipeConf, cfg.recipe)
+    data: DatasetConf = typed_group("data", DatasetConf, cfg.data)
+    hw: HardwareConf = typed_group("hardware", HardwareConf, cfg.hardware)
+    _validate(recipe, data)
+    run_dir = Path(run_dir)
+    threads = recipe.num_threads or hw.num_threads
+    if threads:
+        torch.set_num_threads(threads)
+    seed = int(cfg.seed)
+    images, labels = load_digits16(data, "train")
+    module, name = _module(cfg, recipe, seed)
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    trainer = L.Trainer(
+        accelerator=hw.accelerator, devices=hw.devices, strategy=hw.strategy, precision=hw.precision,
+        max_steps=recipe.max_steps, max_epochs=-1, gradient_clip_val=recipe.grad_clip or None,
+        logger=CSVLogger(str(run_dir), name="", version=""), log_every_n_steps=recipe.log_every,
+        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=CHECKPOINT_EVERY,
+                                   save_top_k=0)],
+        enable_model_summary=False, default_root_dir=str(run_dir),
+    )  # fmt: skip
+    start = time.perf_counter()
+    trainer.fit(module, _loader(images, labels, recipe.batch_size, seed),
+                ckpt_path=str(last) if last.is_file() else None)  # fmt: skip
+    seconds = time.perf_counter() - start
+
+    export_dir = Path(str(cfg.export_dir)) if cfg.get("export_dir") else run_dir / "export"
+    export_dir.mkdir(parents=True, exist_ok=True)
+    weights = export_dir / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in module.ema.state_dict().items()}, str(weights))
+    recent = module.losses[-LOSS_WINDOW:]
+    manifest: dict[str, Any] = {
+        "name": name,
+        "file": weights.name,
+        "sha256": sha256_of(weights),
+        "bytes": weights.stat().st_size,
+        "parameters": sum(p.numel() for p in module.net.parameters()),
+        "command": command,
+        "commit": git_commit(),
+        "steps": int(trainer.global_step),
+        "train_seconds_this_attempt": round(seconds, 1),
+        "final_loss": sum(recent) / len(recent) if recent else None,
+        "first_loss": module.losses[0] if module.losses else None,
+        "weights": "EMA",
+        "recipe": OmegaConf.to_container(cfg.recipe, resolve=True),
+        "data": OmegaConf.to_container(cfg.data, resolve=True),
+        "torch": torch.__version__,
+    }
+    if recipe.target == "evaluator":
+        manifest.update(_evaluator_extras(module, data, export_dir))
+    (export_dir / f"{name}.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+def main(cfg: DictConfig) -> None:
+    run_dir = HydraConfig.get().runtime.output_dir
+    command = " ".join(["python -m lazygen.train", *HydraConfig.get().overrides.task])
+    try:
+        manifest = train_job(cfg, run_dir, command)
+    except LazygenError as exc:
+        Console(stderr=True).print(f"[bold red]lazygen error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(USER_ERROR_EXIT)
+    Console(stderr=True).print_json(
+        json.dumps({k: v for k, v in manifest.items() if k not in ("recipe", "data")})
+    )
+
+
+if __name__ == "__main__":
+    main()
