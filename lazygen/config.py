@@ -44,6 +44,14 @@ class TokenizerConf:
 
 
 @dataclass
+class EvaluatorConf:
+    """How this model's images are judged when metrics.quality.* is ``auto``."""
+
+    extractor: str = "inception"  # inception | digits16 | a dotted path to an nn.Module factory
+    reference_stats: str | None = "adm_in256_stats"  # registry name or .npz path; null = no FID
+
+
+@dataclass
 class ModelConf:
     name: str = "mar_b"
     family: str = "mar"
@@ -54,6 +62,7 @@ class ModelConf:
     tokenizer: TokenizerConf = field(default_factory=TokenizerConf)
     default_cfg: float = 3.0
     default_num_iter: int = 64
+    evaluator: EvaluatorConf = field(default_factory=EvaluatorConf)
 
 
 @dataclass
@@ -98,9 +107,9 @@ class FlopsConf:
 
 @dataclass
 class QualityConf:
-    enabled: bool = False
-    extractor: str = "inception"
-    reference_stats: str | None = None
+    enabled: Any = "auto"  # auto: on when the model's evaluator ships with lazygen (tiny models)
+    extractor: str = "auto"  # auto = model.evaluator.extractor
+    reference_stats: str | None = "auto"  # auto = model.evaluator.reference_stats
     is_splits: int = 10
 
 
@@ -188,7 +197,7 @@ def typed_group(group: str, schema: type, node: Any) -> Any:
 
 def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not supported; choose one of: {', '.join(allowed)}.")
+        raise ConfigError(f"{key}={value!r} is not supported; choose one of: {', '.join(map(str, allowed))}.")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -198,6 +207,12 @@ def _check(condition: bool, message: str) -> None:
 
 def validate(cfg: DictConfig) -> RunConf:
     """Typed, range-checked configuration of a run, or a ConfigError saying what to fix."""
+    if "name" in cfg.get("data", {}):
+        raise ConfigError(
+            f"data={cfg.data.name} is a training dataset (for `python -m lazygen.train`); a generation run's "
+            "data group says which samples to generate. Use data=default and set data.num_images, "
+            "data.labels or data.batch_size instead."
+        )
     try:
         groups = {g: _typed(g, s, OmegaConf.to_container(cfg[g], resolve=True)) for g, s in GROUPS.items()}
         top = {k: cfg.get(k) for k in ("seed", "task_name", "sweep_name")}
@@ -222,6 +237,7 @@ def _validate_values(run: RunConf) -> None:
     _one_of("logger.kind", run.logger.kind, LOGGERS)
     _one_of("logger.mode", run.logger.mode, WANDB_MODES)
     _one_of("metrics.flops.mode", run.metrics.flops.mode, FLOP_MODES)
+    _one_of("metrics.quality.enabled", run.metrics.quality.enabled, (True, False, "auto"))
     a = m.arch
     _check(a.img_size % (a.vae_stride * a.patch_size) == 0,
            f"model.arch.img_size={a.img_size} must be a multiple of vae_stride * patch_size "

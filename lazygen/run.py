@@ -100,16 +100,29 @@ def load_images(run_dir: Path, specs: list[SampleSpec]) -> np.ndarray:
     return np.stack([np.asarray(Image.open(sample_png(run_dir, s.index)).convert("RGB")) for s in specs])
 
 
-def image_grid(images: np.ndarray, max_images: int) -> np.ndarray:
-    """A near-square grid of the first images, upscaled (nearest) when they are small."""
+GRID_MAX_CLASS_ROWS = 20  # with at most this many classes the grid has one row per class
+
+
+def image_grid(images: np.ndarray, max_images: int, labels: list[int] | None = None) -> np.ndarray:
+    """A grid of the first images, upscaled (nearest) when they are small.
+
+    With few classes every row holds one class (ascending), so a person can check the conditioning;
+    otherwise the grid is near-square in sample order.
+    """
     images = images[:max_images]
     n, h, w, _ = images.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
+    classes = sorted(set(labels[:n])) if labels is not None else []
+    if 0 < len(classes) <= GRID_MAX_CLASS_ROWS:
+        members = [[i for i in range(n) if labels[i] == c] for c in classes]
+        cells = [(r, c, i) for r, row in enumerate(members) for c, i in enumerate(row)]
+        rows, cols = len(members), max(len(row) for row in members)
+    else:
+        cols = math.ceil(math.sqrt(n))
+        rows = math.ceil(n / cols)
+        cells = [(*divmod(i, cols), i) for i in range(n)]
     grid = np.zeros((rows * h, cols * w, 3), dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = img
+    for r, c, i in cells:
+        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = images[i]
     scale = max(1, math.ceil(GRID_MIN_CELL_PX / min(h, w)))
     return grid.repeat(scale, axis=0).repeat(scale, axis=1)
 
@@ -169,20 +182,54 @@ def paired_baseline(run: RunConf, generator: Generator, specs: list[SampleSpec],
     return out
 
 
-def quality_metrics(run: RunConf, images: np.ndarray) -> dict:
-    from lazygen.metrics.quality import InceptionV3Extractor, QualityMeter
+MIN_QUALITY_IMAGES = 2  # a covariance needs two samples
+BUNDLED_EXTRACTORS = ("digits16",)  # evaluators that ship with lazygen: quality metrics are on by default
 
-    conf = run.metrics.quality
-    if conf.extractor == "inception":
-        extractor = InceptionV3Extractor()
-    else:
-        from hydra.utils import get_method
 
-        extractor = get_method(conf.extractor)()
-    meter = QualityMeter(extractor, reference_stats=conf.reference_stats, splits=conf.is_splits)
+def quality_settings(run: RunConf) -> tuple[bool, str, str | None]:
+    """(enabled, extractor, reference_stats) with ``auto`` values taken from the model's evaluator.
+
+    ``enabled: auto`` turns quality metrics on for models whose evaluator ships with lazygen, when the run
+    has enough images for them (two for a covariance, one per IS split); ``true`` insists, and too few
+    images is then an error.
+    """
+    q, ev = run.metrics.quality, run.model.evaluator
+    extractor = ev.extractor if q.extractor == "auto" else q.extractor
+    reference = ev.reference_stats if q.reference_stats == "auto" else q.reference_stats
+    enough = run.data.num_images >= max(MIN_QUALITY_IMAGES, q.is_splits)
+    enabled = q.enabled is True or (q.enabled == "auto" and extractor in BUNDLED_EXTRACTORS and enough)
+    return enabled, extractor, reference
+
+
+def make_extractor(name: str, home: Path | None) -> torch.nn.Module:
+    from lazygen.metrics.quality import InceptionV3Extractor
+
+    if name == "inception":
+        return InceptionV3Extractor()
+    if name == "digits16":
+        from lazygen.metrics.digits_classifier import load_digits16_evaluator
+
+        return load_digits16_evaluator(home)
+    from hydra.utils import get_method
+
+    return get_method(name)()
+
+
+def quality_metrics(run: RunConf, images: np.ndarray, labels: list[int], home: Path | None) -> dict:
+    """FID/IS of the images; class accuracy when the extractor classifies the generator's classes."""
+    from lazygen.metrics.quality import QualityMeter
+    from lazygen.weights import REGISTRY, resolve_weight
+
+    _, extractor_name, reference = quality_settings(run)
+    extractor = make_extractor(extractor_name, home)
+    if reference in REGISTRY:
+        reference = str(resolve_weight(reference, home=home, config_key="metrics.quality.reference_stats"))
+    meter = QualityMeter(extractor, reference_stats=reference, splits=run.metrics.quality.is_splits)
+    judge_classes = getattr(extractor, "num_classes", None) == run.model.arch.class_num
     batch = max(1, run.data.batch_size)
     for i in range(0, len(images), batch):
-        meter.update(torch.from_numpy(images[i : i + batch]).permute(0, 3, 1, 2).contiguous())
+        chunk = torch.from_numpy(images[i : i + batch]).permute(0, 3, 1, 2).contiguous()
+        meter.update(chunk, torch.tensor(labels[i : i + batch]) if judge_classes else None)
     return {k: float(v) for k, v in meter.compute().items()}
 
 
@@ -232,7 +279,7 @@ def run_job(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> d
     }
     if run.callbacks.save_npz:
         np.savez(run_dir / NPZ_FILE, arr_0=images, labels=np.array([s.label for s in specs]))
-    grid = image_grid(images, run.callbacks.grid_max_images)
+    grid = image_grid(images, run.callbacks.grid_max_images, [s.label for s in specs])
     Image.fromarray(grid).save(run_dir / GRID_FILE)
     if run.metrics.latency:
         metrics.update(latency_metrics(records))
@@ -241,8 +288,8 @@ def run_job(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> d
         flops, detail = flops_metrics(run, specs, home)
         metrics.update(flops)
         (run_dir / "flops.json").write_text(json.dumps(detail, indent=2))
-    if run.metrics.quality.enabled:
-        metrics.update(quality_metrics(run, images))
+    if quality_settings(run)[0]:
+        metrics.update(quality_metrics(run, images, [s.label for s in specs], home))
     speedup = run.metrics.speedup.enabled
     if speedup is True or (speedup == "auto" and is_accelerated(run)):
         if run.hardware.accelerator in ("gpu", "cuda") and torch.cuda.is_available():

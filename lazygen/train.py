@@ -130,6 +130,7 @@ def train_job(cfg: DictConfig, run_dir: str | Path, command: str) -> dict[str, A
     data: DatasetConf = typed_group("data", DatasetConf, cfg.data)
     hw: HardwareConf = typed_group("hardware", HardwareConf, cfg.hardware)
     _validate(recipe, data)
+    commit = git_commit()  # now, before the long fit: the code that trains is the code at start
     run_dir = Path(run_dir)
     threads = recipe.num_threads or hw.num_threads
     if threads:
@@ -156,6 +157,7 @@ def train_job(cfg: DictConfig, run_dir: str | Path, command: str) -> dict[str, A
     export_dir.mkdir(parents=True, exist_ok=True)
     weights = export_dir / f"{name}.safetensors"
     save_file({k: v.contiguous() for k, v in module.ema.state_dict().items()}, str(weights))
+    (run_dir / "losses.json").write_text(json.dumps(module.losses))
     recent = module.losses[-LOSS_WINDOW:]
     manifest: dict[str, Any] = {
         "name": name,
@@ -164,7 +166,7 @@ def train_job(cfg: DictConfig, run_dir: str | Path, command: str) -> dict[str, A
         "bytes": weights.stat().st_size,
         "parameters": sum(p.numel() for p in module.net.parameters()),
         "command": command,
-        "commit": git_commit(),
+        "commit": commit,
         "steps": int(trainer.global_step),
         "train_seconds_this_attempt": round(seconds, 1),
         "final_loss": sum(recent) / len(recent) if recent else None,

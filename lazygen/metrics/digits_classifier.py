@@ -56,3 +56,13 @@ class DigitsClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> ExtractorOutput:
         features = self.embed(self.from_uint8(images))
         return ExtractorOutput(features, self.head(features))
+
+
+def load_digits16_evaluator(home=None) -> DigitsClassifier:
+    """The shipped, trained evaluator (see ``lazygen/assets/digits16_evaluator.json``), in eval mode."""
+    from lazygen.weights import load_strict, read_state_dict, resolve_weight
+
+    path = resolve_weight("digits16_evaluator", home=home, config_key="metrics.quality.extractor")
+    net = DigitsClassifier()
+    load_strict(net, read_state_dict(path), source=str(path))
+    return net.eval()

@@ -55,6 +55,7 @@ INCEPTION_WEIGHTS_ENV = "LAZYGEN_INCEPTION_WEIGHTS"
 FID_KEY = "quality/fid"
 IS_MEAN_KEY = "quality/is_mean"
 IS_STD_KEY = "quality/is_std"
+CLASS_ACC_KEY = "quality/class_acc"
 
 EXTRACTOR_ATTR = "extractor"
 
@@ -394,8 +395,8 @@ class QualityMeter(Metric):
     The extractor's weights are left out of ``state_dict`` (a frozen metric network loaded from its own
     file) and stay in eval mode.
 
-    ``compute()`` returns ``{"quality/fid", "quality/is_mean", "quality/is_std"}`` as 0-d float64
-    tensors; ``quality/fid`` is left out when there is no reference (no stats given, no real images fed),
+    ``compute()`` returns ``{"quality/fid", "quality/is_mean", "quality/is_std"}`` (and
+    ``"quality/class_acc"`` when labels were given) as 0-d float64 tensors; ``quality/fid`` is left out when there is no reference (no stats given, no real images fed),
     matching ``metrics.quality.reference_stats: null``. Under DDP it is a collective: call it on every rank. With ``seed`` set, IS depends only on
     the order of the gathered logits (rank-major, then update order).
     """
@@ -475,6 +476,8 @@ class QualityMeter(Metric):
             )
             self.add_state(f"{side}_count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("logits", [], dist_reduce_fx="cat")
+        self.add_state("correct", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("labelled", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
     def train(self, mode: bool = True) -> QualityMeter:
         """Switch the metric's mode but keep the extractor in eval (its BatchNorm stats are the metric)."""
@@ -505,11 +508,17 @@ class QualityMeter(Metric):
         setattr(self, f"{side}_outer", getattr(self, f"{side}_outer") + feats.T @ feats)
         setattr(self, f"{side}_count", getattr(self, f"{side}_count") + feats.shape[0])
 
-    def update(self, images: Tensor) -> None:
-        """Add generated uint8 images (N, 3, H, W)."""
+    def update(self, images: Tensor, labels: Tensor | None = None) -> None:
+        """Add generated uint8 images (N, 3, H, W); with the class ``labels`` they were conditioned on,
+        also count how often the extractor's classifier agrees (class accuracy, when its classes are the
+        generator's)."""
         output = self._extract(images)
         self._accumulate("fake", output.features)
         self.logits.append(output.logits.detach().to(torch.float32))
+        if labels is not None:
+            agree = output.logits.argmax(dim=1) == labels.to(output.logits.device)
+            self.correct = self.correct + agree.sum()
+            self.labelled = self.labelled + agree.numel()
 
     def update_real(self, images: Tensor) -> None:
         """Add real uint8 images (N, 3, H, W) as the FID reference (instead of reference stats)."""
@@ -539,6 +548,8 @@ class QualityMeter(Metric):
             result[FID_KEY] = torch.tensor(fid, dtype=torch.float64)
         is_mean, is_std = inception_score(dim_zero_cat(self.logits), splits=self.splits, seed=self.seed)
         result[IS_MEAN_KEY], result[IS_STD_KEY] = is_mean, is_std
+        if int(self.labelled) > 0:
+            result[CLASS_ACC_KEY] = self.correct.to(torch.float64) / self.labelled
         return result
 
     def _fid_reference(self) -> tuple[Tensor, Tensor] | None:

@@ -79,6 +79,15 @@ def resolve_weight(
             "(e.g. model.weights.registry=mar_b)."
         )
     entry = name_or_none if isinstance(name_or_none, WeightFile) else get_weight_file(name_or_none)
+    if entry.bundled:
+        if entry.bundled_path.is_file():
+            return entry.bundled_path
+        raise CheckpointError(
+            f"The file {entry.bundled_path} that lazygen ships for {entry.name!r} is missing from this "
+            "installation. Reinstall lazygen (pip install -e . from a full checkout), or retrain it with "
+            "`python -m lazygen.train ... export_dir=lazygen/assets` (see README), or set "
+            f"{config_key} to a copy of the file."
+        )
     dest = (home if home is not None else weights_home()) / entry.filename
 
     if dest.is_file():

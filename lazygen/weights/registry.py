@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 
 from lazygen.errors import ConfigError
@@ -28,6 +29,21 @@ class WeightFile:
     size_bytes: int | None
     sha256: str | None
     description: str
+    bundled: bool = False  # shipped inside the package (lazygen/assets/filename): never downloaded
+
+    @property
+    def bundled_path(self) -> Path:
+        return ASSETS_DIR / self.filename
+
+
+# Files that lazygen trains itself and ships; each has a ``<name>.json`` manifest beside it (sha256, the
+# training command, the commit, the final loss).
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+
+
+def _bundled(name: str, filename: str, description: str) -> WeightFile:
+    return WeightFile(name, url="", filename=filename, size_bytes=None, sha256=None, description=description,
+                      bundled=True)  # fmt: skip
 
 
 _ENTRIES: tuple[WeightFile, ...] = (
@@ -70,6 +86,17 @@ _ENTRIES: tuple[WeightFile, ...] = (
         size_bytes=None,
         sha256=None,
         description="Inception mean/covariance ('mu', 'sigma') of ADM's ImageNet-256 reference batch for FID.",
+    ),
+    _bundled("tiny_mar", "tiny_mar.safetensors", "tiny MAR trained by lazygen on digits16 (EMA weights)."),
+    _bundled(
+        "digits16_evaluator",
+        "digits16_evaluator.safetensors",
+        "digits16 classifier: FID features, IS logits and class accuracy of tiny models.",
+    ),
+    _bundled(
+        "digits16_stats",
+        "digits16_reference_stats.npz",
+        "digits16 evaluator mean/covariance of the real training digits, for FID.",
     ),
 )
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from lazygen.errors import ConfigError
 from lazygen.metrics.quality import (
+    CLASS_ACC_KEY,
     FID_KEY,
     IS_MEAN_KEY,
     IS_STD_KEY,
@@ -289,6 +290,21 @@ def test_meter_reset_can_keep_real_features() -> None:
     assert int(meter.fake_count) == 0 and int(meter.real_count) == real.shape[0]
     meter.update(fake)
     assert meter.compute()[FID_KEY].item() == pytest.approx(first, rel=1e-12)
+
+
+def test_meter_class_accuracy_counts_agreement_with_the_labels() -> None:
+    extractor = TinyExtractor()
+    images = random_images(20, seed=5)
+    predicted = extractor(images).logits.argmax(1)
+    labels = predicted.clone()
+    labels[:5] = (labels[:5] + 1) % CLASSES  # 5 of 20 disagree
+    meter = QualityMeter(extractor, splits=2)
+    meter.update(images[:12], labels[:12])
+    meter.update(images[12:], labels[12:])
+    assert float(meter.compute()[CLASS_ACC_KEY]) == pytest.approx(0.75)
+    unlabelled = QualityMeter(extractor, splits=2)
+    unlabelled.update(images)
+    assert CLASS_ACC_KEY not in unlabelled.compute()
 
 
 def test_meter_errors() -> None:

@@ -122,7 +122,8 @@ def _entry(url: str, *, sha256: str | None = PAYLOAD_SHA, size: int | None = len
 
 
 def test_registry_entries_match_reference() -> None:
-    assert set(known_weights()) == {"kl16", "mar_b", "mar_l", "mar_h", "adm_in256_stats"}
+    assert set(known_weights()) == {"kl16", "mar_b", "mar_l", "mar_h", "adm_in256_stats", "tiny_mar",
+                                    "digits16_evaluator", "digits16_stats"}  # fmt: skip
     kl16 = get_weight_file("kl16")
     assert kl16.filename == "vae/kl16.ckpt"
     assert kl16.size_bytes == 265_900_046
@@ -137,7 +138,16 @@ def test_registry_entries_match_reference() -> None:
     assert DOWNLOAD_HEADERS["User-Agent"] == "Wget/1.16 (linux-gnu)"
     for name, entry in REGISTRY.items():
         assert entry.name == name
-        assert entry.url.startswith("https://")
+        assert entry.url.startswith("https://") or (entry.bundled and entry.url == "")
+
+
+def test_bundled_files_resolve_inside_the_package_and_a_missing_one_says_so(monkeypatch, tmp_path) -> None:
+    path = resolve_weight("tiny_mar", home=tmp_path)
+    assert path == get_weight_file("tiny_mar").bundled_path and path.is_file()
+    assert not any(tmp_path.iterdir())  # nothing was downloaded or cached
+    monkeypatch.setattr("lazygen.weights.registry.ASSETS_DIR", tmp_path / "gone")
+    with pytest.raises(CheckpointError, match="missing from this installation"):
+        resolve_weight("digits16_stats", home=tmp_path)
 
 
 def test_registry_is_immutable() -> None:

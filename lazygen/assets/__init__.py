@@ -1,0 +1,1 @@
+"""Files that lazygen trains itself and ships: tiny model weights, evaluators, reference statistics."""
