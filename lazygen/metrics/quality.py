@@ -18,6 +18,7 @@ uint8 inputs, N = 50k and the reference stats of the same extractor; record thes
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -261,7 +262,9 @@ def _trace_sqrt_product_scipy(sigma1: Tensor, sigma2: Tensor) -> float:
     from scipy import linalg
 
     s1, s2 = sigma1.numpy(), sigma2.numpy()
-    covmean = linalg.sqrtm(s1 @ s2)
+    with warnings.catch_warnings():  # a singular product (dead feature units) is handled just below
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(s1 @ s2)
     if not np.isfinite(covmean).all():
         offset = np.eye(s1.shape[0]) * SQRTM_EPS
         covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))

@@ -67,10 +67,13 @@ def test_quality_is_skipped_quietly_for_a_tiny_run_and_refused_when_insisted(tmp
     metrics = run_job(compose_cfg(*FAST, "data.num_images=2"), tmp_path / "a")
     assert "quality/class_acc" not in metrics
     proc = cli(*FAST, "data.num_images=2", "metrics.quality.enabled=true", f"hydra.run.dir={tmp_path / 'b'}")
-    assert proc.returncode == 2 and "metrics.quality.is_splits" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        proc.returncode == 2 and "metrics.quality.is_splits" in proc.stderr and "Traceback" not in proc.stderr
+    )
 
 
 def test_generation_with_a_training_dataset_is_a_clear_error():
     proc = cli(*FAST, "data=digits16")
-    assert proc.returncode == 2 and "python -m lazygen.train" in proc.stderr and "Traceback" not in proc.stderr
-
+    assert (
+        proc.returncode == 2 and "python -m lazygen.train" in proc.stderr and "Traceback" not in proc.stderr
+    )

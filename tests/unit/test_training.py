@@ -77,7 +77,9 @@ def test_diffusion_loss_terms():
     assert torch.allclose(normal_kl(m, lv, m, lv), torch.zeros(5), atol=1e-6)
     assert torch.all(normal_kl(m, lv, m + 0.5, lv) > 0)
     bins = torch.linspace(-1, 1, 256)
-    probs = discretized_gaussian_log_likelihood(bins, torch.full_like(bins, 0.1), torch.full_like(bins, -1.0)).exp()
+    probs = discretized_gaussian_log_likelihood(
+        bins, torch.full_like(bins, 0.1), torch.full_like(bins, -1.0)
+    ).exp()
     assert probs.sum().item() == pytest.approx(1.0, abs=1e-3)
     # a denoiser that returns the true noise has zero MSE; the VB term then only trains the variance
     diffusion = SpacedDiffusion(1000)
@@ -108,9 +110,16 @@ def _falls(losses: list[float]) -> bool:
 
 def test_mar_training_runs_and_the_loss_falls(tmp_path):
     cfg = _train_cfg(
-        "model.arch.encoder_embed_dim=32", "model.arch.decoder_embed_dim=32", "model.arch.encoder_depth=1",
-        "model.arch.decoder_depth=1", "model.arch.diffloss_d=2", "model.arch.diffloss_w=32",
-        "recipe.max_steps=60", "recipe.batch_size=16", "recipe.warmup_steps=5", "recipe.lr=3e-3",
+        "model.arch.encoder_embed_dim=32",
+        "model.arch.decoder_embed_dim=32",
+        "model.arch.encoder_depth=1",
+        "model.arch.decoder_depth=1",
+        "model.arch.diffloss_d=2",
+        "model.arch.diffloss_w=32",
+        "recipe.max_steps=60",
+        "recipe.batch_size=16",
+        "recipe.warmup_steps=5",
+        "recipe.lr=3e-3",
         f"export_dir={tmp_path / 'export'}",
     )
     manifest = train_job(cfg, tmp_path / "run", "python -m lazygen.train (test)")
@@ -120,7 +129,12 @@ def test_mar_training_runs_and_the_loss_falls(tmp_path):
 
 
 def test_evaluator_training_runs_and_the_loss_falls(tmp_path):
-    cfg = _train_cfg("recipe=evaluator", "recipe.max_steps=60", "recipe.warmup_steps=5", f"export_dir={tmp_path / 'export'}")
+    cfg = _train_cfg(
+        "recipe=evaluator",
+        "recipe.max_steps=60",
+        "recipe.warmup_steps=5",
+        f"export_dir={tmp_path / 'export'}",
+    )
     manifest = train_job(cfg, tmp_path / "run", "python -m lazygen.train recipe=evaluator (test)")
     assert _falls(json.loads((tmp_path / "run" / "losses.json").read_text()))
     assert (tmp_path / "export" / "digits16_reference_stats.npz").is_file()
