@@ -2,10 +2,10 @@
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: help install test test-full lint run bench
+.PHONY: help install test test-full lint run bench train-tiny floor
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-11s %s\n", $$1, $$2}'
 
 install:  ## install lazygen (editable) with dev tools; CPU torch first so no CUDA wheels are pulled
 	$(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
@@ -26,3 +26,10 @@ run:  ## the embedded CPU default run
 
 bench:  ## FLOPs per image (MAR-B/L/H, random weights, meta device) and CPU seconds per image
 	$(PYTHON) -m lazygen.bench
+
+train-tiny:  ## retrain the shipped evaluator and tiny_mar on digits16 into lazygen/assets (~35 min, CPU)
+	$(PYTHON) -m lazygen.train recipe=evaluator data=digits16 export_dir=lazygen/assets
+	$(PYTHON) -m lazygen.train model=tiny_mar data=digits16 export_dir=lazygen/assets
+
+floor:  ## FID / IS / class accuracy of the real held-out digits (what generated digits can reach)
+	$(PYTHON) -m lazygen.floor

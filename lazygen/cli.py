@@ -23,12 +23,23 @@ _CHECKOUT_CONF = Path(__file__).resolve().parent.parent / "conf"
 CONFIG_PATH = str(_CHECKOUT_CONF) if (_CHECKOUT_CONF / "config.yaml").exists() else "pkg://lazygen.conf"
 
 
+# The console shows the headline numbers; metrics.json (and W&B) has every key.
+SUMMARY_KEYS = (
+    "meta/num_images", "perf/latency_s_per_img", "perf/throughput_img_per_s", "flops/tflops_per_img",
+    "quality/fid", "quality/is_mean", "quality/class_acc", "perf/speedup", "flops/speedup",
+    "quality/psnr_vs_baseline", "cache/recompute_frac",
+)  # fmt: skip
+
+
 def print_summary(metrics: dict[str, float], run_dir: str) -> None:
-    table = Table(title=f"lazygen: {run_dir}")
+    table = Table(
+        title=f"lazygen: {run_dir}", caption="all metrics: metrics.json; images: grid.png, samples/"
+    )
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in sorted(metrics):
-        table.add_row(key, f"{metrics[key]:.6g}")
+    for key in SUMMARY_KEYS:
+        if key in metrics:
+            table.add_row(key, f"{metrics[key]:.4g}")
     Console(stderr=True).print(table)
 
 

@@ -92,9 +92,9 @@ class HardwareConf:
 
 @dataclass
 class DataConf:
-    num_images: int = 20
+    num_images: int = 50
     labels: Any = "balanced"
-    batch_size: int = 10
+    batch_size: int = 50
     seed: int = 0
 
 
@@ -214,7 +214,7 @@ def validate(cfg: DictConfig) -> RunConf:
             "data.labels or data.batch_size instead."
         )
     try:
-        groups = {g: _typed(g, s, OmegaConf.to_container(cfg[g], resolve=True)) for g, s in GROUPS.items()}
+        groups = {g: typed_group(g, s, cfg[g]) for g, s in GROUPS.items()}
         top = {k: cfg.get(k) for k in ("seed", "task_name", "sweep_name")}
         tags = list(cfg.get("tags") or [])
     except OmegaConfBaseException as exc:

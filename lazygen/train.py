@@ -36,7 +36,6 @@ from lazygen.weights import sha256_of
 
 RECIPES = ("mar", "evaluator")
 LOSS_WINDOW = 100  # the reported final loss is the mean over the last steps
-CHECKPOINT_EVERY = 500
 EVALUATOR_NAME = "digits16_evaluator"
 REFERENCE_STATS_NAME = "digits16_reference_stats.npz"
 EVAL_BATCH = 256
@@ -144,7 +143,7 @@ def train_job(cfg: DictConfig, run_dir: str | Path, command: str) -> dict[str, A
         accelerator=hw.accelerator, devices=hw.devices, strategy=hw.strategy, precision=hw.precision,
         max_steps=recipe.max_steps, max_epochs=-1, gradient_clip_val=recipe.grad_clip or None,
         logger=CSVLogger(str(run_dir), name="", version=""), log_every_n_steps=recipe.log_every,
-        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=CHECKPOINT_EVERY,
+        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=recipe.checkpoint_every,
                                    save_top_k=0)],
         enable_model_summary=False, default_root_dir=str(run_dir),
     )  # fmt: skip

@@ -42,6 +42,7 @@ class RecipeConf:
     diffusion_batch_mul: int = 4
     augment_shift: int = 0  # evaluator: random translation by up to this many pixels
     log_every: int = 50
+    checkpoint_every: int = 500  # steps between <run dir>/checkpoints/last.ckpt updates (for resuming)
     num_threads: int | None = None
 
 
@@ -133,11 +134,13 @@ class _FitModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, r))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        # here rather than in on_train_batch_end, which runs after the checkpoint callback has saved
+        super().optimizer_step(*args, **kwargs)
         self.ema.update(self.net)
-        self.losses.append(float(outputs["loss"]))
 
     def log_loss(self, loss: torch.Tensor) -> None:
+        self.losses.append(float(loss.detach()))
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
 
 

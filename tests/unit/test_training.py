@@ -146,3 +146,19 @@ def test_bad_recipe_is_a_config_error(tmp_path):
         train_job(_train_cfg("recipe.lr_schedule=step"), tmp_path, "x")
     with pytest.raises(ConfigError, match="batch_size"):
         train_job(_train_cfg("recipe.batch_size=5000", "recipe.max_steps=1"), tmp_path, "x")
+
+
+def test_training_resumes_from_the_last_checkpoint(tmp_path):
+    """A second run in the same directory continues at the saved step, with its EMA and loss history."""
+    common = ("recipe=evaluator", "recipe.warmup_steps=2", "recipe.checkpoint_every=10")
+    first = train_job(
+        _train_cfg(*common, "recipe.max_steps=20", f"export_dir={tmp_path / 'a'}"), tmp_path, "x"
+    )
+    losses = json.loads((tmp_path / "losses.json").read_text())
+    second = train_job(
+        _train_cfg(*common, "recipe.max_steps=30", f"export_dir={tmp_path / 'b'}"), tmp_path, "x"
+    )
+    resumed = json.loads((tmp_path / "losses.json").read_text())
+    assert first["steps"] == 20 and second["steps"] == 30
+    assert len(resumed) == 30 and resumed[:20] == losses
+    assert second["sha256"] != first["sha256"]  # the EMA moved on
