@@ -46,9 +46,13 @@ def build_model(conf: ModelConf, device: str | torch.device = "cpu", home: Path 
     """The generator network, in eval mode; pretrained weights are loaded strictly."""
     if conf.family != "mar":
         raise ConfigError(f"model.family={conf.family!r} has no builder yet; use a MAR model (mar_b/l/h).")
-    return _network(
+    model = _network(
         lambda: MAR(conf.arch), conf, conf.weights, "model.weights.path", torch.device(device), home
     )
+    if conf.clip_denoised:  # bounded pixel tokens: the head's x0 estimate is clamped to their range
+        tok = conf.tokenizer
+        model.diffloss.gen_diffusion.x0_range = PixelTokenizer(tok.latent_scale, tok.latent_shift).token_range
+    return model
 
 
 def build_tokenizer(

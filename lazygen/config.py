@@ -62,6 +62,7 @@ class ModelConf:
     tokenizer: TokenizerConf = field(default_factory=TokenizerConf)
     default_cfg: float = 3.0
     default_num_iter: int = 64
+    clip_denoised: bool = False  # clamp the diffusion head's x0 to the tokens' range (bounded pixel tokens)
     evaluator: EvaluatorConf = field(default_factory=EvaluatorConf)
 
 
@@ -92,9 +93,9 @@ class HardwareConf:
 
 @dataclass
 class DataConf:
-    num_images: int = 50
+    num_images: int = 20
     labels: Any = "balanced"
-    batch_size: int = 50
+    batch_size: int = 20
     seed: int = 0
 
 
@@ -267,6 +268,9 @@ def _validate_values(run: RunConf) -> None:
         labels = list(d.labels)
         _check(len(labels) > 0 and all(0 <= int(c) < a.class_num for c in labels),
                f"data.labels={labels} must be a non-empty list of class ids in [0, {a.class_num}).")  # fmt: skip
+    _check(not m.clip_denoised or m.tokenizer.kind == "pixel",
+           f"model.clip_denoised=true needs bounded tokens, but {m.tokenizer.kind} latents have no fixed "
+           "range; set model.clip_denoised=false (the official MAR setting).")  # fmt: skip
     if m.init == "pretrained":
         _check(m.weights.registry is not None or m.weights.path is not None,
                f"model {m.name} wants pretrained weights but names neither model.weights.path nor "

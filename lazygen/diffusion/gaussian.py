@@ -64,7 +64,13 @@ def space_timesteps(num_timesteps: int, section_counts: str | int) -> list[int]:
 class SpacedDiffusion:
     """A diffusion process restricted to a subset of the training timesteps."""
 
-    def __init__(self, num_sampling_steps: str | int, train_steps: int = TRAIN_TIMESTEPS) -> None:
+    def __init__(
+        self,
+        num_sampling_steps: str | int,
+        train_steps: int = TRAIN_TIMESTEPS,
+        x0_range: tuple[float, float] | None = None,
+    ) -> None:
+        self.x0_range = x0_range  # clamp predicted x0 while sampling (bounded data only)
         base_alphas_cumprod = np.cumprod(1.0 - cosine_betas(train_steps))
         self.timestep_map = space_timesteps(train_steps, num_sampling_steps)
         kept = set(self.timestep_map)
@@ -111,18 +117,21 @@ class SpacedDiffusion:
 
     @staticmethod
     def _model_mean_log_variance(
-        x: torch.Tensor, out: torch.Tensor, c: dict
+        x: torch.Tensor, out: torch.Tensor, c: dict, x0_range: tuple[float, float] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean from the predicted eps and the learned-range log-variance (no x0 clipping).
+        """Posterior mean from the predicted eps and the learned-range log-variance.
 
         ``c`` holds the step's coefficients: Python floats when sampling one step for every row, (rows, 1)
-        tensors when training rows sit at different timesteps.
+        tensors when training rows sit at different timesteps. ``x0_range`` clamps the predicted x0 (off
+        for MAR's unbounded VAE latents, as in the official code).
         """
         channels = x.shape[1]
         eps, var_values = out[:, :channels], out[:, channels:]
         frac = (var_values + 1) / 2
         log_variance = frac * c["log_betas"] + (1 - frac) * c["posterior_log_variance_clipped"]
         x0 = c["sqrt_recip_alphas_cumprod"] * x - c["sqrt_recipm1_alphas_cumprod"] * eps
+        if x0_range is not None:
+            x0 = x0.clamp(*x0_range)
         return c["posterior_mean_coef1"] * x0 + c["posterior_mean_coef2"] * x, log_variance
 
     def p_sample(
@@ -131,7 +140,7 @@ class SpacedDiffusion:
         """One ancestral step x_k -> x_{k-1} (eps prediction, learned-range variance, no x0 clipping)."""
         t = torch.full((x.shape[0],), self.timestep_map[k], dtype=torch.long, device=x.device)
         c = {name: values[k] for name, values in self._coef.items()}
-        mean, log_variance = self._model_mean_log_variance(x, denoise(x, t), c)
+        mean, log_variance = self._model_mean_log_variance(x, denoise(x, t), c, self.x0_range)
         if k == 0:  # the last step adds no noise (the noise is still drawn, as in the reference)
             return mean
         return mean + torch.exp(0.5 * log_variance) * noise * temperature

@@ -23,6 +23,11 @@ class PixelTokenizer(nn.Module):
         self.latent_scale = latent_scale
         self.latent_shift = latent_shift
 
+    @property
+    def token_range(self) -> tuple[float, float]:
+        """Tokens of images in [-1, 1] lie in this interval."""
+        return ((-1 - self.latent_shift) * self.latent_scale, (1 - self.latent_shift) * self.latent_scale)
+
     def decode_tokens_latent(self, latent: torch.Tensor) -> torch.Tensor:
         image = (latent / self.latent_scale + self.latent_shift).clamp(-1, 1)
         return image.expand(-1, RGB, -1, -1) if image.shape[1] == 1 else image

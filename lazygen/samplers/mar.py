@@ -61,15 +61,16 @@ class MARSampler:
 
     def __init__(self, conf: MARSamplerConf) -> None:
         self.conf = conf
-        self._diffusion: dict[int, SpacedDiffusion] = {}
+        self._diffusion: dict[tuple, SpacedDiffusion] = {}
 
     def diffusion_for(self, model) -> SpacedDiffusion:
         steps = self.conf.diffusion_steps
         if steps is None:
             return model.diffloss.gen_diffusion
-        if steps not in self._diffusion:
-            self._diffusion[steps] = SpacedDiffusion(str(steps))
-        return self._diffusion[steps]
+        x0_range = model.diffloss.gen_diffusion.x0_range  # the model's data bounds carry over
+        if (steps, x0_range) not in self._diffusion:
+            self._diffusion[steps, x0_range] = SpacedDiffusion(str(steps), x0_range=x0_range)
+        return self._diffusion[steps, x0_range]
 
     def schedule(self, seq_len: int) -> list[int]:
         return mask_schedule(seq_len, self.conf.num_iter)
