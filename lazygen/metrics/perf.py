@@ -26,6 +26,9 @@ MEMOISED_METHODS: tuple[tuple[type[nn.Module], str], ...] = (
     (SimpleMLPAdaLN, "forward"),
     (DiffLoss, "sample"),
 )
+# Of those, methods whose every op works row by row, so FLOPs are exactly proportional to the rows of the
+# first tensor argument: one count serves every row count (the diffusion chain runs once per token count).
+ROW_LINEAR_METHODS: tuple[tuple[type[nn.Module], str], ...] = ((DiffLoss, "sample"),)
 
 TERA = 1e12
 
@@ -78,23 +81,36 @@ def shape_memo(
 
     A meta-device op costs about a millisecond under the counter, and MAR calls its diffusion head
     thousands of times with identical shapes; since a meta forward has no values, a repeated call only
-    needs its output shape and its FLOPs. Exact for modules whose work depends on shapes alone.
+    needs its output shape and its FLOPs. Exact for modules whose work depends on shapes alone. Calls are
+    shared between modules of the same class and parameter shapes (the blocks of a stack).
     """
-    memo: dict[tuple, tuple[torch.Size, torch.dtype, dict[str, dict]]] = {}
+    memo: dict[tuple, tuple[torch.Size, torch.dtype, dict[str, dict], int]] = {}
     originals: list[tuple[nn.Module, str, Callable]] = []
 
-    def wrap(module: nn.Module, forward: Callable) -> Callable:
+    def wrap(module: nn.Module, forward: Callable, row_linear: bool) -> Callable:
+        # modules of one class with equal parameter shapes do equal work (e.g. the blocks of a stack);
+        # the counter names modules by class path, so their counts replay under the right names
+        identity = (type(module), tuple((n, tuple(p.shape)) for n, p in module.named_parameters()))
+
         def memoised(*args, **kwargs):
             counter = _active_counter()
             tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
             if counter is None or any(t.device.type != "meta" for t in tensors):
                 return forward(*args, **kwargs)
-            key = (id(module), forward.__name__, tuple((tuple(t.shape), t.dtype) for t in tensors))
+            rows = tensors[0].shape[0] if row_linear else 1
+            # row-linear: row counts enter the key as multiples of the first tensor's rows
+            shapes = tuple(
+                ((t.shape[0] / rows, *t.shape[1:]) if row_linear and t.ndim > 1 else tuple(t.shape), t.dtype)
+                for t in tensors
+            )
+            key = (identity, forward.__name__, shapes)
             if key in memo:
-                shape, dtype, delta = memo[key]
+                shape, dtype, delta, memo_rows = memo[key]
                 for mod, ops in delta.items():
                     for op, flops in ops.items():
-                        counter.flop_counts[mod][op] += flops
+                        counter.flop_counts[mod][op] += flops * rows // memo_rows
+                if row_linear:
+                    shape = (shape[0] * rows // memo_rows, *shape[1:])
                 return torch.empty(shape, dtype=dtype, device="meta")
             before = _snapshot(counter)
             out = forward(*args, **kwargs)
@@ -103,7 +119,7 @@ def shape_memo(
                 mod: {op: n - before.get(mod, {}).get(op, 0) for op, n in ops.items()}
                 for mod, ops in after.items()
             }
-            memo[key] = (out.shape, out.dtype, delta)
+            memo[key] = (out.shape, out.dtype, delta, rows)
             return out
 
         return memoised
@@ -112,7 +128,8 @@ def shape_memo(
         for cls, name in methods:
             if isinstance(module, cls):
                 originals.append((module, name, getattr(module, name)))
-                setattr(module, name, wrap(module, getattr(module, name)))
+                linear = any(isinstance(module, c) and name == n for c, n in ROW_LINEAR_METHODS)
+                setattr(module, name, wrap(module, getattr(module, name), linear))
     try:
         yield
     finally:
