@@ -186,3 +186,25 @@ def test_module_totals_fill_in_containers_without_double_counting() -> None:
     deep = {"Net": 10, "Net.blocks.0.a": 4, "Net.blocks.0.b": 6}
     assert _module_totals(deep, depth=3) == {"Net": 10, "Net.blocks": 10, "Net.blocks.0": 10}
     assert _module_totals(deep, depth=1) == {"Net": 10}
+
+
+def test_memoised_meta_count_of_a_whole_sampling_run_equals_a_real_count() -> None:
+    """shape_memo shares counts between same-shaped blocks and scales the diffusion chain by rows; the
+    result must be exactly what running every op for real counts, in total and per module."""
+    from helpers import compose_cfg
+
+    from lazygen.config import validate
+    from lazygen.metrics.perf import measure_flops
+    from lazygen.run import make_generator
+
+    run = validate(compose_cfg(
+        "model.init=random", "model.arch.encoder_embed_dim=32", "model.arch.decoder_embed_dim=32",
+        "model.arch.encoder_depth=3", "model.arch.decoder_depth=2", "model.arch.diffloss_d=2",
+        "model.arch.diffloss_w=32", "sampler.num_iter=6", "sampler.diffusion_steps=4",
+    ))  # fmt: skip
+    labels, seeds = torch.tensor([1, 7, 3]), [0, 1, 2]
+    meta = measure_flops(lambda dev: make_generator(run, dev), labels, seeds, "meta")
+    real = measure_flops(lambda dev: make_generator(run, dev), labels, seeds, "real")
+    assert meta.device == "meta" and real.device == "cpu"
+    assert meta.tflops_per_img == real.tflops_per_img > 0
+    assert meta.by_module == real.by_module
