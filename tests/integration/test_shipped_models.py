@@ -73,7 +73,7 @@ def test_quality_is_skipped_quietly_for_a_tiny_run_and_refused_when_insisted(tmp
 
 
 def test_generation_with_a_training_dataset_is_a_clear_error():
-    proc = cli(*FAST, "data=digits16")
+    proc = cli("data=digits16", "logger=none")
     assert (
         proc.returncode == 2 and "python -m lazygen.train" in proc.stderr and "Traceback" not in proc.stderr
     )
