@@ -49,3 +49,9 @@ def test_conf_dir_is_the_checkout_conf():
     from lazygen.cli import CONFIG_PATH
 
     assert Path(CONFIG_PATH) == REPO / "conf"
+
+
+def test_clip_denoised_needs_bounded_pixel_tokens():
+    with pytest.raises(ConfigError, match="model.clip_denoised=true needs bounded tokens"):
+        validate(compose_cfg("model=mar_b", "model.clip_denoised=true"))
+    assert validate(compose_cfg()).model.clip_denoised

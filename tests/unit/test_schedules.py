@@ -55,3 +55,18 @@ def test_per_sample_rng_makes_a_sample_independent_of_its_batch():
     peak = alone.abs().max()
     assert (together[1:2] - alone).abs().max() / peak < 1e-4
     assert (together[0:1] - alone).abs().max() / peak > 0.1
+
+
+def test_x0_range_keeps_a_bad_denoiser_inside_the_data_range():
+    """model.clip_denoised: the clamped x0 estimate bounds the chain; without it a wrong eps explodes."""
+    from lazygen.diffusion import SpacedDiffusion
+
+    def wrong(x, t):  # eps off by 0.05 everywhere, variance value 0
+        return torch.cat([x * 0 + 0.05, torch.zeros_like(x)], dim=1)
+
+    start = torch.randn(16, 1, generator=torch.Generator().manual_seed(0))
+    no_noise = lambda k, like: torch.zeros_like(like)  # noqa: E731
+    clipped = SpacedDiffusion("20", x0_range=(-1.0, 2.0)).p_sample_loop(wrong, start, no_noise, 0.0)
+    free = SpacedDiffusion("20").p_sample_loop(wrong, start, no_noise, 0.0)
+    assert clipped.min() >= -1.0 - 1e-5 and clipped.max() <= 2.0 + 1e-5
+    assert free.abs().max() > 10.0
