@@ -31,6 +31,12 @@ SUMMARY_KEYS = (
 )  # fmt: skip
 
 
+def exit_with_user_error(exc: LazygenError) -> None:
+    """One red paragraph on stderr and exit code 2: a user mistake, not a crash (no traceback)."""
+    Console(stderr=True).print(f"[bold red]lazygen error:[/] {exc}", highlight=False, soft_wrap=True)
+    sys.exit(USER_ERROR_EXIT)
+
+
 def print_summary(metrics: dict[str, float], run_dir: str) -> None:
     table = Table(
         title=f"lazygen: {run_dir}", caption="all metrics: metrics.json; images: grid.png, samples/"
@@ -53,8 +59,7 @@ def main(cfg: DictConfig) -> float | None:
 
         metrics = run_job(cfg, run_dir, group=group)
     except LazygenError as exc:
-        Console(stderr=True).print(f"[bold red]lazygen error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(USER_ERROR_EXIT)
+        exit_with_user_error(exc)
     if metrics:
         print_summary(metrics, run_dir)
     return metrics.get("quality/fid") if metrics else None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from rich.console import Console
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 
-from lazygen.cli import CONFIG_PATH, USER_ERROR_EXIT
+from lazygen.cli import CONFIG_PATH, exit_with_user_error
 from lazygen.config import HardwareConf, ModelConf, typed_group
 from lazygen.data.digits16 import DatasetConf, load_digits16, to_uint8_rgb
 from lazygen.errors import ConfigError, LazygenError
@@ -188,8 +187,7 @@ def main(cfg: DictConfig) -> None:
     try:
         manifest = train_job(cfg, run_dir, command)
     except LazygenError as exc:
-        Console(stderr=True).print(f"[bold red]lazygen error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(USER_ERROR_EXIT)
+        exit_with_user_error(exc)
     Console(stderr=True).print_json(
         json.dumps({k: v for k, v in manifest.items() if k not in ("recipe", "data")})
     )
