@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lazygen.cache.base import CachePolicy
+from lazygen.cache.lazymar import LazyMARConf, LazyMARPolicy
 from lazygen.config import CacheConf, ModelConf, RunConf, SamplerConf, TokenizerConf, WeightsConf
 from lazygen.errors import ConfigError
 from lazygen.models.mar.mar import MAR
@@ -78,10 +79,12 @@ def build_sampler(conf: SamplerConf) -> MARSampler:
     return MARSampler(MARSamplerConf(**{f.name: getattr(conf, f.name) for f in fields(MARSamplerConf)}))
 
 
-def build_policy(conf: CacheConf) -> CachePolicy:
+def build_policy(conf: CacheConf | LazyMARConf) -> CachePolicy:
+    if isinstance(conf, LazyMARConf):
+        return LazyMARPolicy(conf)
     if conf.name == "none":
         return CachePolicy()
-    raise ConfigError(f"cache={conf.name!r} is not implemented; available: none.")
+    raise ConfigError(f"cache={conf.name!r} is not implemented; available: none, lazymar.")
 
 
 def baseline_sampler_conf(run: RunConf) -> SamplerConf:

@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lazygen.cache.lazymar import LazyMARConf
 from lazygen.errors import ConfigError
 from lazygen.models.mar.mar import MARArch
 from lazygen.samplers.mar import CFG_SCHEDULES
@@ -20,7 +21,7 @@ from lazygen.samplers.rng import RNG_PROTOCOLS
 
 MODEL_FAMILIES = ("mar",)
 SAMPLERS = ("mar",)
-CACHE_POLICIES = ("none",)
+CACHE_POLICIES = ("none", "lazymar")
 TOKENIZERS = ("kl16", "pixel")
 LOGGERS = ("wandb", "csv", "none")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -79,7 +80,17 @@ class SamplerConf:
 
 @dataclass
 class CacheConf:
+    """``cache=none``: no reuse. Other policies have their own schema (``CACHE_SCHEMAS``)."""
+
     name: str = "none"
+
+    @property
+    def tag(self) -> str:
+        return self.name
+
+
+# The schema of each cache policy's config group, chosen by its ``name``.
+CACHE_SCHEMAS: dict[str, type] = {"none": CacheConf, "lazymar": LazyMARConf}
 
 
 @dataclass
@@ -151,7 +162,7 @@ class RunConf:
 
     model: ModelConf
     sampler: SamplerConf
-    cache: CacheConf
+    cache: CacheConf | LazyMARConf
     hardware: HardwareConf
     data: DataConf
     metrics: MetricsConf
@@ -196,6 +207,15 @@ def typed_group(group: str, schema: type, node: Any) -> Any:
     return _typed(group, schema, container)
 
 
+def _schema(group: str, default: type, node: Any) -> type:
+    """The dataclass of a group; the cache group's depends on the policy it names."""
+    if group != "cache":
+        return default
+    name = node.get("name", "none") if isinstance(node, DictConfig | dict) else "none"
+    _one_of("cache.name", name, CACHE_POLICIES)
+    return CACHE_SCHEMAS[name]
+
+
 def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not supported; choose one of: {', '.join(map(str, allowed))}.")
@@ -215,7 +235,7 @@ def validate(cfg: DictConfig) -> RunConf:
             "data.labels or data.batch_size instead."
         )
     try:
-        groups = {g: typed_group(g, s, cfg[g]) for g, s in GROUPS.items()}
+        groups = {g: typed_group(g, _schema(g, s, cfg[g]), cfg[g]) for g, s in GROUPS.items()}
         top = {k: cfg.get(k) for k in ("seed", "task_name", "sweep_name")}
         tags = list(cfg.get("tags") or [])
     except OmegaConfBaseException as exc:
@@ -233,6 +253,8 @@ def _validate_values(run: RunConf) -> None:
     _one_of("model.tokenizer.kind", m.tokenizer.kind, TOKENIZERS)
     _one_of("sampler.name", s.name, SAMPLERS)
     _one_of("cache.name", run.cache.name, CACHE_POLICIES)
+    if isinstance(run.cache, LazyMARConf):
+        run.cache.check(cfg_on=s.cfg != 1.0, decoder_depth=m.arch.decoder_depth, model_family=m.family)
     _one_of("sampler.cfg_schedule", s.cfg_schedule, CFG_SCHEDULES)
     _one_of("sampler.rng", s.rng, RNG_PROTOCOLS)
     _one_of("logger.kind", run.logger.kind, LOGGERS)

@@ -32,7 +32,7 @@ from lazygen.build import (
 from lazygen.cache.base import CachePolicy
 from lazygen.callbacks.progress import ImagesPerSecondBar
 from lazygen.callbacks.writer import SampleWriter, finished_indices, read_batch_records, sample_png
-from lazygen.config import RunConf, validate
+from lazygen.config import CacheConf, RunConf, validate
 from lazygen.data.specs import SampleSpec, SpecDataset, build_specs
 from lazygen.errors import ConfigError, LazygenError
 from lazygen.lit.generation import GenerationModule, Generator
@@ -154,7 +154,7 @@ def paired_baseline(run: RunConf, generator: Generator, specs: list[SampleSpec],
     """
     from lazygen.metrics.quality import psnr
 
-    base_run = replace(run, sampler=baseline_sampler_conf(run), cache=replace(run.cache, name="none"))
+    base_run = replace(run, sampler=baseline_sampler_conf(run), cache=CacheConf())
     baseline = Generator(generator.model, generator.tokenizer, build_sampler(base_run.sampler), CachePolicy())
     device = _device_of(generator)
     subset = specs[: run.metrics.speedup.num_images]

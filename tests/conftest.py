@@ -26,3 +26,8 @@ def load_fixture(name: str) -> dict:
 @pytest.fixture(scope="session")
 def mar_fixture() -> dict:
     return load_fixture("mar_official_tiny.pt")
+
+
+@pytest.fixture(scope="session")
+def lazymar_fixture() -> dict:
+    return load_fixture("lazymar_official_tiny.pt")

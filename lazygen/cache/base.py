@@ -9,7 +9,7 @@ conditional-only forwards) to skip work. Policies keep per-generation state: ``r
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -26,19 +26,45 @@ class StepContext:
     predicted_prev: torch.Tensor | None  # positions predicted at the previous step
     predicted_now: torch.Tensor  # positions predicted at this step
     cfg_on: bool  # the transformer batch is [cond; uncond]
-    refresh: bool = True  # the sampler asks for a full recomputation (e.g. a stage start)
+    refresh: bool = False  # the sampler asks for a full recomputation (e.g. a stage start)
+
+    # FLOP counting memoises calls by argument shapes; a context never changes the work of a call
+    flop_key = "StepContext"
 
 
 @dataclass
 class CacheStats:
-    """Counters every policy reports; ``none`` recomputes everything."""
+    """Counters every policy reports; ``none`` recomputes everything.
+
+    Token counts are (row, position) pairs run through a transformer layer, summed over layers; the
+    total is what the baseline would run (both CFG halves, every position), so recomputed / total is the
+    fraction of transformer work done. ``by_layer`` and ``by_step`` break the same counts down as
+    ``{layer: [recomputed, total]}`` and ``[[recomputed, total] per step]``. Head evaluations count
+    diffusion-head network calls over rows, split into full ones and those served partly from a cache.
+    """
 
     full_steps: int = 0
     reused_steps: int = 0
     recomputed_tokens: int = 0
     total_tokens: int = 0
+    head_evals: int = 0
+    head_full_evals: int = 0
+    by_layer: dict[str, list[int]] = field(default_factory=dict)
+    by_step: list[list[int]] = field(default_factory=list)
 
-    def counters(self) -> dict[str, int]:
+    def count(self, layer: str, step: int, recomputed: int, total: int) -> None:
+        """Record one layer's work at one step."""
+        self.recomputed_tokens += recomputed
+        self.total_tokens += total
+        entry = self.by_layer.setdefault(layer, [0, 0])
+        entry[0] += recomputed
+        entry[1] += total
+        while len(self.by_step) <= step:
+            self.by_step.append([0, 0])
+        self.by_step[step][0] += recomputed
+        self.by_step[step][1] += total
+
+    def counters(self) -> dict:
         return asdict(self)
 
 
@@ -49,6 +75,9 @@ class CachePolicy:
     model_families: tuple[str, ...] = ("mar",)
     # True when the work done never depends on tensor values, so FLOPs can be counted on the meta device
     static_shapes = True
+    # policy methods whose FLOPs scale with the rows of their first tensor argument and depend on shapes
+    # alone: FLOP counting on the meta device runs each once per shape and replays it (see shape_memo)
+    row_linear_methods: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.stats = CacheStats()
@@ -67,8 +96,7 @@ class CachePolicy:
         """Per-position diffusion conditions z (N, L, D) for this step."""
         self.stats.full_steps += 1
         n, length = tokens.shape[:2]
-        self.stats.recomputed_tokens += n * length
-        self.stats.total_tokens += n * length
+        self.stats.count("transformer", ctx.step, n * length, n * length)
         return model.conditions(tokens, rows, cond)
 
     def diffusion_head(

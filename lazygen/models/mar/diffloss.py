@@ -49,9 +49,18 @@ class ResBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def modulation(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(shift, scale, gate) from the adaLN input y."""
         shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)
-        return x + gate * self.mlp(modulate(self.in_ln(x), shift, scale))
+        return shift, scale, gate
+
+    def branch(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The residual branch before gating: mlp(modulate(LN(x))). Caches may reuse it across steps."""
+        return self.mlp(modulate(self.in_ln(x), shift, scale))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.modulation(y)
+        return x + gate * self.branch(x, shift, scale)
 
 
 class FinalLayer(nn.Module):

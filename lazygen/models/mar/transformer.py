@@ -7,11 +7,17 @@ the others still take part in attention through cached keys/values; the block it
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 LAYER_NORM_EPS = 1e-6
+
+# Called with the freshly computed keys and values (N, heads, rows, head_dim) of the rows being run;
+# returns the keys and values to attend over (e.g. with cached entries of other rows merged in).
+KVHook = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class Attention(nn.Module):
@@ -65,6 +71,15 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def attention_residual(self, x: torch.Tensor, kv: KVHook | None = None) -> torch.Tensor:
+        """``x + attn(norm1(x))``; ``kv`` may swap in other keys/values (rows that are not recomputed)."""
+        q, k, v = self.attn.qkv_heads(self.norm1(x))
+        if kv is not None:
+            k, v = kv(k, v)
+        return x + self.attn.attend(q, k, v)
+
+    def mlp_residual(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.mlp(self.norm2(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp_residual(self.attention_residual(x))

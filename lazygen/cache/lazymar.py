@@ -1,0 +1,431 @@
+"""LazyMAR as a cache policy: token cache, encoder KV cache, condition cache and diffusion-head cache.
+
+The official LazyMAR code forks MAR and threads a cache dictionary through every call. Here the network
+stays as it is: this policy drives its mechanisms (blocks run over a subset of rows with keys/values merged
+from a cache, conditional-only forwards, the diffusion head's blocks one by one) and owns every decision.
+Each mechanism is its own switch, so the paper's ablations are configurations:
+
+* refresh schedule: a step is *full* when ``step < refresh_start`` or ``(step - refresh_start) %
+  refresh_interval == 0`` (or when the sampler asks); every cache is (re)filled on full steps. The other
+  steps are *lazy*.
+* token cache (decoder): on lazy steps the layers before ``selection_layer`` and that layer's attention
+  run on every position; a ranking of positions (by default the head-mean cosine similarity of the
+  layer's value vectors to the previous step's, least similar first, with the tokens predicted now and at
+  the previous step forced in) picks the rows that the rest of the decoder recomputes. Skipped positions
+  still take part in attention through the keys/values cached for them at each layer.
+* encoder cache: on lazy steps the encoder runs only the buffer and the tokens that became known at the
+  previous step; older known tokens take part through their cached keys/values, and their decoder
+  inputs come from the decoder-input cache.
+* condition cache: on lazy steps only the conditional half of the CFG batch runs through the transformer;
+  the unconditional output is the conditional one plus the (uncond - cond) residual of the last decoder
+  block stored at the last full step.
+* head cache (every AR step, across diffusion timesteps): on diffusion steps ``k == T - 1`` or
+  ``k % head_interval == 0`` everything runs; on the others the CFG eps residual replaces the
+  unconditional half, the blocks in ``head_skip_blocks`` add their stored residual increment, and the
+  other blocks reuse their stored MLP branch (refreshed on full steps and for ``k > head_refresh_above*T``).
+
+Where the official code and the paper differ, the defaults follow the code (reference/mar_lazymar.md §5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lazygen.cache.base import CachePolicy, StepContext
+from lazygen.diffusion import SpacedDiffusion
+from lazygen.diffusion.gaussian import NoiseFn
+from lazygen.errors import ConfigError
+
+# The official per-step retain ratios of the decoder token cache (LazyMAR models/basic.py), for 64 steps.
+OFFICIAL_RETAIN_SCHEDULE: list[float] = (
+    [1.0] * 20 + [0.6] + [0.5] * 4 + [0.4] * 5 + [0.15] * 5 + [0.12] * 5 + [0.05] * 24
+)
+STRATEGIES = ("max_similarity", "min_similarity", "random", "predicted", "unpredicted")
+CRITERIA = ("value", "hidden")
+SCHEDULE_INDEXING = ("step", "progress")
+AUTO = "auto"
+# Ranking score of tokens that must be recomputed (predicted now or at the previous step). The official
+# code sets 0 and sorts ascending; cosines below 0 would then outrank them. -2 is below every cosine,
+# so forced tokens are always kept (they are the rows the diffusion head reads).
+FORCED_SCORE = -2.0
+
+
+@dataclass
+class LazyMARConf:
+    """``cache=lazymar``: every number of the official code, each mechanism switchable."""
+
+    name: str = "lazymar"
+    refresh_start: int = 5  # steps before this are full
+    refresh_interval: int = 9  # K: then every K-th step is full
+    token_cache: bool = True
+    encoder_cache: bool = True
+    condition_cache: Any = AUTO  # auto: on when CFG is on; true insists (an error without CFG)
+    head_cache: bool = True
+    selection_layer: int = 3  # decoder block whose attention values rank the tokens (0-based)
+    criterion: str = "value"  # value | hidden: cosine of value vectors or of the block's hidden features
+    strategy: str = "max_similarity"  # which tokens are reused (see STRATEGIES)
+    retain_ratio: float | None = None  # constant share of positions recomputed; null = retain_schedule
+    retain_schedule: list[float] = field(default_factory=lambda: list(OFFICIAL_RETAIN_SCHEDULE))
+    schedule_indexing: str = "step"  # step: entry [step] (last entry beyond it); progress: scaled to S
+    keep_margin: int = 15  # recompute at least forced tokens + this many
+    head_interval: int = 7  # diffusion steps k with k % interval == 0 (and k = T-1) run in full
+    head_refresh_above: float = 0.9  # MLP branches are also refreshed while k > this * T
+    head_cfg_residual: Any = AUTO  # auto: on when CFG is on
+    head_skip_blocks: list[int] = field(default_factory=lambda: [1, 2, 3, 4])  # blocks past depth: ignored
+    head_mlp_reuse: bool = True
+    seed: int = 0  # ranking noise of strategy=random
+
+    def check(self, cfg_on: bool, decoder_depth: int, model_family: str) -> None:
+        """Range and compatibility checks; raises ConfigError naming the key and the fix."""
+
+        def need(condition: bool, message: str) -> None:
+            if not condition:
+                raise ConfigError(message)
+
+        need(model_family == "mar", f"cache=lazymar works with MAR models only, not model.family={model_family!r}; "
+             "pick a MAR model (tiny_mar, mar_b, mar_l, mar_h) or cache=none.")  # fmt: skip
+        need(self.refresh_start >= 0, f"cache.refresh_start={self.refresh_start} must be >= 0 (official: 5).")
+        need(self.refresh_interval >= 1,
+             f"cache.refresh_interval={self.refresh_interval} must be >= 1 (K; official: 9; 1 = never reuse).")
+        for key in ("condition_cache", "head_cfg_residual"):
+            value = getattr(self, key)
+            need(value in (True, False, AUTO), f"cache.{key}={value!r} must be true, false or auto.")
+            need(cfg_on or value is not True,
+                 f"cache.{key}=true needs classifier-free guidance, but sampler.cfg=1.0 runs no unconditional "
+                 f"branch to cache. Set cache.{key}=auto (off without CFG) or guide with sampler.cfg > 1.")  # fmt: skip
+        need(not self.token_cache or 0 <= self.selection_layer < decoder_depth,
+             f"cache.selection_layer={self.selection_layer} is not a decoder block of this model (it has "
+             f"{decoder_depth}: 0..{decoder_depth - 1}); pick one of those or set cache.token_cache=false.")  # fmt: skip
+        need(self.criterion in CRITERIA, f"cache.criterion={self.criterion!r}: choose one of {', '.join(CRITERIA)}.")
+        need(self.strategy in STRATEGIES,
+             f"cache.strategy={self.strategy!r}: choose one of {', '.join(STRATEGIES)}.")
+        need(self.schedule_indexing in SCHEDULE_INDEXING,
+             f"cache.schedule_indexing={self.schedule_indexing!r}: choose one of {', '.join(SCHEDULE_INDEXING)}.")
+        ratios = [self.retain_ratio] if self.retain_ratio is not None else self.retain_schedule
+        need(len(ratios) > 0 and all(0.0 < r <= 1.0 for r in ratios),
+             f"cache retain ratios must lie in (0, 1], got {ratios}; set cache.retain_ratio to a share "
+             "of positions to recompute, or null to use cache.retain_schedule.")  # fmt: skip
+        need(self.keep_margin >= 0, f"cache.keep_margin={self.keep_margin} must be >= 0 (official: 15).")
+        need(self.head_interval >= 1, f"cache.head_interval={self.head_interval} must be >= 1 (official: 7).")
+        need(0.0 <= self.head_refresh_above <= 1.0,
+             f"cache.head_refresh_above={self.head_refresh_above} must be in [0, 1] (official: 0.9).")
+        need(all(b >= 0 for b in self.head_skip_blocks),
+             f"cache.head_skip_blocks={self.head_skip_blocks} must be block indices >= 0.")
+
+    @property
+    def tag(self) -> str:
+        parts = [f"lazymar-K{self.refresh_interval}s{self.refresh_start}"]
+        for key, short in (("token_cache", "tok"), ("encoder_cache", "enc"), ("condition_cache", "cond"),
+                           ("head_cache", "head")):  # fmt: skip
+            if getattr(self, key) is False:
+                parts.append(f"no{short}")
+        if self.strategy != "max_similarity":
+            parts.append(self.strategy)
+        if self.criterion != "value":
+            parts.append(self.criterion)
+        if self.retain_ratio is not None:
+            parts.append(f"r{self.retain_ratio:g}")
+        return "-".join(parts)
+
+
+def _positions_mask(positions: torch.Tensor | None, rows: int, length: int, offset: int, device) -> torch.Tensor:
+    """(rows, length) bool, True at ``positions + offset`` ((B, n) index tensor, repeated over CFG halves)."""
+    mask = torch.zeros(rows, length, dtype=torch.bool, device=device)
+    if positions is None or positions.shape[1] == 0:
+        return mask
+    reps = rows // positions.shape[0]
+    return mask.scatter(1, positions.repeat(reps, 1) + offset, True)
+
+
+class _Chain:
+    """Per-chain state of the diffusion-head cache (one AR step's p_sample loop)."""
+
+    def __init__(self) -> None:
+        self.cfg_delta: torch.Tensor | None = None
+        self.delta: dict[int, torch.Tensor] = {}
+        self.branch: dict[int, torch.Tensor] = {}
+
+
+class LazyMARPolicy(CachePolicy):
+    name = "lazymar"
+    model_families = ("mar",)
+    row_linear_methods = ("diffusion_head",)
+
+    def __init__(self, conf: LazyMARConf) -> None:
+        super().__init__()
+        self.conf = conf
+        self._generator = torch.Generator().manual_seed(conf.seed)
+        self.reset(0)
+
+    @property
+    def tag(self) -> str:
+        return self.conf.tag
+
+    def reset(self, batch_size: int) -> None:
+        self.batch = batch_size
+        self.lazy_rows = 0  # rows that lazy steps run: B with the condition cache, else all
+        self.enc_known_kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per encoder layer
+        self.dec_kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per decoder layer (rows, H, P, hd)
+        self.dec_input: torch.Tensor | None = None  # decoder input sequence (rows, P, D)
+        self.prev_signal: torch.Tensor | None = None  # selection signal of the last step (criterion)
+        self.uncond_residual: torch.Tensor | None = None  # (B, P, D) uncond - cond, last decoder block
+        self.predicted_mask: torch.Tensor | None = None  # (rows, L) tokens predicted before this step
+        self._generator.manual_seed(self.conf.seed)
+
+    # ---- decisions ---------------------------------------------------------------------------------
+    def is_full(self, ctx: StepContext) -> bool:
+        c = self.conf
+        return ctx.refresh or ctx.step < c.refresh_start or (ctx.step - c.refresh_start) % c.refresh_interval == 0
+
+    def condition_cache_on(self, ctx: StepContext) -> bool:
+        return ctx.cfg_on and self.conf.condition_cache is not False
+
+    def retain_ratio(self, step: int, num_steps: int) -> float:
+        c = self.conf
+        if c.retain_ratio is not None:
+            return c.retain_ratio
+        table = c.retain_schedule
+        index = step if c.schedule_indexing == "step" else step * len(table) // num_steps
+        return table[min(index, len(table) - 1)]
+
+    def num_kept(self, ctx: StepContext, positions: int) -> int:
+        """Rows the decoder recomputes after the selection layer (the same for every image)."""
+        forced = ctx.predicted_now.shape[1] + (ctx.predicted_prev.shape[1] if ctx.predicted_prev is not None else 0)
+        ratio = self.retain_ratio(ctx.step, ctx.num_steps)
+        return min(positions, max(forced + self.conf.keep_margin, int(positions * ratio)))
+
+    def ranking(self, signal_now: torch.Tensor, signal_prev: torch.Tensor, forced: torch.Tensor,
+                known: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """Score per position (rows, P); the lowest scores are recomputed."""
+        strategy = self.conf.strategy
+        if strategy in ("max_similarity", "min_similarity"):
+            if signal_now.ndim == 4:  # value vectors (rows, H, P, hd): head-mean cosine
+                score = F.cosine_similarity(signal_now, signal_prev, dim=-1).mean(dim=1)
+            else:
+                score = F.cosine_similarity(signal_now, signal_prev, dim=-1)
+            score = score if strategy == "max_similarity" else -score
+        else:
+            noise = torch.rand(known.shape, generator=self._generator).to(known.device)
+            if strategy == "random":
+                score = noise
+            else:  # reuse one group first: 'predicted' reuses known tokens, 'unpredicted' masked ones
+                reuse = known if strategy == "predicted" else ~known
+                score = noise - reuse.to(noise.dtype)  # the reused group ranks last (score in [0, 1))
+                score = -score
+        return score.masked_fill(forced, FORCED_SCORE)
+
+    # ---- transformer -------------------------------------------------------------------------------
+    def transformer(self, model, tokens: torch.Tensor, rows: torch.Tensor, cond: torch.Tensor,
+                    ctx: StepContext) -> torch.Tensor:  # fmt: skip
+        n, length = tokens.shape[:2]
+        if self.predicted_mask is None:
+            self.predicted_mask = torch.zeros(n, length, dtype=torch.bool, device=tokens.device)
+        if self.is_full(ctx):
+            z = self._full_step(model, tokens, rows, cond, ctx)
+        else:
+            z = self._lazy_step(model, tokens, rows, cond, ctx)
+        self.predicted_mask = self.predicted_mask | _positions_mask(ctx.predicted_now, n, length, 0, tokens.device)
+        return z
+
+    def _full_step(self, model, tokens, rows, cond, ctx: StepContext) -> torch.Tensor:
+        """Everything in full; store what the next lazy steps reuse (for their rows only)."""
+        self.stats.full_steps += 1
+        n = tokens.shape[0]
+        keep = self.lazy_rows = self.batch if self.condition_cache_on(ctx) else n
+        c = self.conf
+        buffer = model.buffer_size
+
+        self.enc_known_kv = []
+
+        def store_encoder(k, v):
+            self.enc_known_kv.append((k[:keep, :, buffer:], v[:keep, :, buffer:]))
+            return k, v
+
+        x = model.encoder_input(tokens, rows, cond)
+        for j, block in enumerate(model.encoder_blocks):
+            x = block.mlp_residual(block.attention_residual(x, store_encoder if c.encoder_cache else None))
+            self.stats.count(f"encoder.{j}", ctx.step, x.shape[0] * x.shape[1], x.shape[0] * x.shape[1])
+        encoded = model.encoder_norm(x)
+
+        x = model.decoder_input(encoded, rows)
+        self.dec_input = x[:keep]
+        self.dec_kv = []
+        sel = c.selection_layer
+
+        def store_decoder(k, v):
+            self.dec_kv.append((k[:keep], v[:keep]))
+            return k, v
+
+        for j, block in enumerate(model.decoder_blocks):
+            x = block.attention_residual(x, store_decoder if c.token_cache else None)
+            if c.token_cache and j == sel:
+                self.prev_signal = self.dec_kv[sel][1] if c.criterion == "value" else x[:keep]
+            x = block.mlp_residual(x)
+            self.stats.count(f"decoder.{j}", ctx.step, x.shape[0] * x.shape[1], x.shape[0] * x.shape[1])
+        if self.condition_cache_on(ctx):
+            self.uncond_residual = x[self.batch :] - x[: self.batch]
+        return model.decoder_output(x)
+
+    def _lazy_step(self, model, tokens, rows, cond, ctx: StepContext) -> torch.Tensor:
+        self.stats.reused_steps += 1
+        c = self.conf
+        n = tokens.shape[0]
+        keep = self.lazy_rows
+        buffer = model.buffer_size
+        positions = buffer + model.seq_len
+        device = tokens.device
+
+        # ---- encoder: everything, or the buffer and the newly known tokens over cached keys/values
+        if c.encoder_cache:
+            prev = ctx.predicted_prev if ctx.predicted_prev is not None else ctx.predicted_now[:, :0]
+            prev = prev.repeat(keep // prev.shape[0], 1)
+            enc_rows = model.visible_rows(prev)
+            x = model.encoder_input(tokens[:keep], enc_rows, cond[:keep])
+            baseline_rows = rows.shape[1]
+            for j, block in enumerate(model.encoder_blocks):
+                k_old, v_old = self.enc_known_kv[j]
+
+                def merge(k, v, j=j, k_old=k_old, v_old=v_old):
+                    # cache order as the official code: fresh buffer, older known tokens, new tokens
+                    self.enc_known_kv[j] = (torch.cat([k_old, k[:, :, buffer:]], 2), torch.cat([v_old, v[:, :, buffer:]], 2))
+                    return (torch.cat([k[:, :, :buffer], k_old, k[:, :, buffer:]], 2),
+                            torch.cat([v[:, :, :buffer], v_old, v[:, :, buffer:]], 2))  # fmt: skip
+
+                x = block.mlp_residual(block.attention_residual(x, merge))
+                self.stats.count(f"encoder.{j}", ctx.step, x.shape[0] * x.shape[1], n * baseline_rows)
+            fresh = model.decoder_input(model.encoder_norm(x), enc_rows)
+            refresh = _positions_mask(prev, keep, positions, buffer, device)
+            refresh[:, :buffer] = True
+            self.dec_input = torch.where(refresh.unsqueeze(-1), fresh, self.dec_input)
+        else:
+            x = model.encoder_input(tokens[:keep], rows[:keep], cond[:keep])
+            for j, block in enumerate(model.encoder_blocks):
+                x = block(x)
+                self.stats.count(f"encoder.{j}", ctx.step, x.shape[0] * x.shape[1], n * rows.shape[1])
+            self.dec_input = model.decoder_input(model.encoder_norm(x), rows[:keep])
+        x = self.dec_input
+
+        # ---- decoder: all positions up to the selection layer's attention, then the kept rows only
+        kept = None
+        for j, block in enumerate(model.decoder_blocks):
+            if not c.token_cache:
+                x = block(x)
+                self.stats.count(f"decoder.{j}", ctx.step, x.shape[0] * x.shape[1], n * positions)
+                continue
+            if kept is None:
+                def replace_all(k, v, j=j):
+                    self.dec_kv[j] = (k, v)
+                    return k, v
+
+                signal_prev = self.prev_signal
+                x = block.attention_residual(x, replace_all)
+                self.stats.count(f"decoder.{j}", ctx.step, x.shape[0] * x.shape[1], n * positions)
+                if j == c.selection_layer:
+                    signal = self.dec_kv[j][1] if c.criterion == "value" else x
+                    kept = self._select(signal, signal_prev, ctx, keep, positions, buffer, device)
+                    self.prev_signal = signal
+                    x = x.gather(1, kept.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+                x = block.mlp_residual(x)
+                continue
+
+            def scatter(k, v, j=j):
+                index = kept[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[-1])
+                k_all, v_all = self.dec_kv[j]
+                self.dec_kv[j] = (k_all.scatter(2, index, k), v_all.scatter(2, index, v))
+                return self.dec_kv[j]
+
+            x = block.mlp_residual(block.attention_residual(x, scatter))
+            self.stats.count(f"decoder.{j}", ctx.step, x.shape[0] * x.shape[1], n * positions)
+        if kept is not None:  # skipped positions output zeros: only the predicted rows are read
+            x = torch.zeros(keep, positions, x.shape[-1], dtype=x.dtype, device=device).scatter(
+                1, kept.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x
+            )
+        if keep < n:
+            x = torch.cat([x, x + self.uncond_residual])
+        return model.decoder_output(x)
+
+    def _select(self, signal, signal_prev, ctx: StepContext, rows: int, positions: int, buffer: int,
+                device) -> torch.Tensor:  # fmt: skip
+        """Positions (rows, n_keep), ascending, that the decoder recomputes after the selection layer."""
+        length = positions - buffer
+        forced = _positions_mask(ctx.predicted_now, rows, positions, buffer, device)
+        if ctx.predicted_prev is not None:
+            forced = forced | _positions_mask(ctx.predicted_prev, rows, positions, buffer, device)
+        known = torch.cat([torch.ones(rows, buffer, dtype=torch.bool, device=device),
+                           self.predicted_mask[:rows, :length]], 1)  # fmt: skip
+        score = self.ranking(signal, signal_prev, forced, known)
+        order = score.sort(dim=1, stable=True).indices
+        return order[:, : self.num_kept(ctx, positions)].sort(dim=1).values
+
+    # ---- diffusion head ----------------------------------------------------------------------------
+    def diffusion_head(self, model, z: torch.Tensor, x_init: torch.Tensor, noise_fn: NoiseFn,
+                       temperature: float, cfg: float | torch.Tensor | None, diffusion: SpacedDiffusion,
+                       ctx: StepContext) -> torch.Tensor:  # fmt: skip
+        if not self.conf.head_cache:
+            self._count_head(x_init.shape[0] * diffusion.num_timesteps, x_init.shape[0] * diffusion.num_timesteps)
+            return super().diffusion_head(model, z, x_init, noise_fn, temperature, cfg, diffusion, ctx)
+        c = self.conf
+        net = model.diffloss.net
+        channels = x_init.shape[1]
+        steps = diffusion.num_timesteps
+        cfg_residual = cfg is not None and c.head_cfg_residual is not False
+        skip = {b for b in c.head_skip_blocks if b < len(net.res_blocks)}
+        chain = _Chain()
+        rows = x_init.shape[0]
+        x = x_init
+        for k in reversed(range(steps)):
+            full = k == steps - 1 or k % c.head_interval == 0
+            refresh = full or k > c.head_refresh_above * steps or not c.head_mlp_reuse
+
+            def run(x_rows, t_rows, z_rows, full=full, refresh=refresh):
+                return self._head_net(net, x_rows, t_rows, z_rows, full, refresh, skip, chain)
+
+            def denoise(x, t, full=full, run=run):
+                if cfg is None:
+                    return run(x, t, z)
+                if full or not cfg_residual:
+                    out = run(torch.cat([x, x]), torch.cat([t, t]), z)
+                    cond_eps, uncond_eps = out[:rows, :channels], out[rows:, :channels]
+                    if full and cfg_residual:
+                        chain.cfg_delta = cond_eps - uncond_eps
+                    eps = uncond_eps + cfg * (cond_eps - uncond_eps)
+                    return torch.cat([eps, out[:rows, channels:]], 1)
+                out = run(x, t, z[:rows])
+                cond_eps = out[:, :channels]
+                uncond_eps = cond_eps - chain.cfg_delta
+                eps = uncond_eps + cfg * (cond_eps - uncond_eps)
+                return torch.cat([eps, out[:, channels:]], 1)
+
+            x = diffusion.p_sample(denoise, x, k, noise_fn(k, x), temperature)
+            halves = 2 if cfg is not None and (full or not cfg_residual) else 1
+            self._count_head(rows * halves if full else 0, rows * (2 if cfg is not None else 1))
+        return x
+
+    def _count_head(self, full_rows: int, baseline_rows: int) -> None:
+        self.stats.head_full_evals += full_rows
+        self.stats.head_evals += baseline_rows
+
+    @staticmethod
+    def _head_net(net, x, t, z, full: bool, refresh: bool, skip: set[int], chain: _Chain) -> torch.Tensor:
+        """The denoiser with block skipping and MLP-branch reuse; caches keep the rows they were made with."""
+        rows = x.shape[0]
+        h = net.input_proj(x)
+        y = net.conditioning(t, z)
+        for j, block in enumerate(net.res_blocks):
+            if j in skip and not full:
+                h = h + chain.delta[j][:rows]
+                continue
+            shift, scale, gate = block.modulation(y)
+            if refresh:
+                branch = chain.branch[j] = block.branch(h, shift, scale)
+            else:
+                branch = chain.branch[j][:rows]
+            out = h + gate * branch
+            if j in skip:
+                chain.delta[j] = out - h
+            h = out
+        return net.final_layer(h, y)
