@@ -39,6 +39,7 @@ from lazygen.cache.base import CachePolicy, StepContext
 from lazygen.diffusion import SpacedDiffusion
 from lazygen.diffusion.gaussian import NoiseFn
 from lazygen.errors import ConfigError
+from lazygen.models.mar.transformer import KVHook
 
 # The official per-step retain ratios of the decoder token cache (LazyMAR models/basic.py), for 64 steps.
 OFFICIAL_RETAIN_SCHEDULE: list[float] = (
@@ -89,8 +90,10 @@ class LazyMARConf:
         need(model_family == "mar", f"cache=lazymar works with MAR models only, not model.family={model_family!r}; "
              "pick a MAR model (tiny_mar, mar_b, mar_l, mar_h) or cache=none.")  # fmt: skip
         need(self.refresh_start >= 0, f"cache.refresh_start={self.refresh_start} must be >= 0 (official: 5).")
-        need(self.refresh_interval >= 1,
-             f"cache.refresh_interval={self.refresh_interval} must be >= 1 (K; official: 9; 1 = never reuse).")
+        need(
+            self.refresh_interval >= 1,
+            f"cache.refresh_interval={self.refresh_interval} must be >= 1 (K; official: 9; 1 = never reuse).",
+        )
         for key in ("condition_cache", "head_cfg_residual"):
             value = getattr(self, key)
             need(value in (True, False, AUTO), f"cache.{key}={value!r} must be true, false or auto.")
@@ -100,21 +103,32 @@ class LazyMARConf:
         need(not self.token_cache or 0 <= self.selection_layer < decoder_depth,
              f"cache.selection_layer={self.selection_layer} is not a decoder block of this model (it has "
              f"{decoder_depth}: 0..{decoder_depth - 1}); pick one of those or set cache.token_cache=false.")  # fmt: skip
-        need(self.criterion in CRITERIA, f"cache.criterion={self.criterion!r}: choose one of {', '.join(CRITERIA)}.")
-        need(self.strategy in STRATEGIES,
-             f"cache.strategy={self.strategy!r}: choose one of {', '.join(STRATEGIES)}.")
-        need(self.schedule_indexing in SCHEDULE_INDEXING,
-             f"cache.schedule_indexing={self.schedule_indexing!r}: choose one of {', '.join(SCHEDULE_INDEXING)}.")
+        need(
+            self.criterion in CRITERIA,
+            f"cache.criterion={self.criterion!r}: choose one of {', '.join(CRITERIA)}.",
+        )
+        need(
+            self.strategy in STRATEGIES,
+            f"cache.strategy={self.strategy!r}: choose one of {', '.join(STRATEGIES)}.",
+        )
+        need(
+            self.schedule_indexing in SCHEDULE_INDEXING,
+            f"cache.schedule_indexing={self.schedule_indexing!r}: choose one of {', '.join(SCHEDULE_INDEXING)}.",
+        )
         ratios = [self.retain_ratio] if self.retain_ratio is not None else self.retain_schedule
         need(len(ratios) > 0 and all(0.0 < r <= 1.0 for r in ratios),
              f"cache retain ratios must lie in (0, 1], got {ratios}; set cache.retain_ratio to a share "
              "of positions to recompute, or null to use cache.retain_schedule.")  # fmt: skip
         need(self.keep_margin >= 0, f"cache.keep_margin={self.keep_margin} must be >= 0 (official: 15).")
         need(self.head_interval >= 1, f"cache.head_interval={self.head_interval} must be >= 1 (official: 7).")
-        need(0.0 <= self.head_refresh_above <= 1.0,
-             f"cache.head_refresh_above={self.head_refresh_above} must be in [0, 1] (official: 0.9).")
-        need(all(b >= 0 for b in self.head_skip_blocks),
-             f"cache.head_skip_blocks={self.head_skip_blocks} must be block indices >= 0.")
+        need(
+            0.0 <= self.head_refresh_above <= 1.0,
+            f"cache.head_refresh_above={self.head_refresh_above} must be in [0, 1] (official: 0.9).",
+        )
+        need(
+            all(b >= 0 for b in self.head_skip_blocks),
+            f"cache.head_skip_blocks={self.head_skip_blocks} must be block indices >= 0.",
+        )
 
     @property
     def tag(self) -> str:
@@ -132,13 +146,60 @@ class LazyMARConf:
         return "-".join(parts)
 
 
-def _positions_mask(positions: torch.Tensor | None, rows: int, length: int, offset: int, device) -> torch.Tensor:
+def _positions_mask(
+    positions: torch.Tensor | None, rows: int, length: int, offset: int, device
+) -> torch.Tensor:
     """(rows, length) bool, True at ``positions + offset`` ((B, n) index tensor, repeated over CFG halves)."""
     mask = torch.zeros(rows, length, dtype=torch.bool, device=device)
     if positions is None or positions.shape[1] == 0:
         return mask
     reps = rows // positions.shape[0]
     return mask.scatter(1, positions.repeat(reps, 1) + offset, True)
+
+
+def _store_kv(cache: list, rows: int, skip: int) -> KVHook:
+    """Append this layer's keys/values of the first ``rows`` rows, from sequence slot ``skip`` on."""
+
+    def hook(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cache.append((k[:rows, :, skip:], v[:rows, :, skip:]))
+        return k, v
+
+    return hook
+
+
+def _append_kv(cache: list, layer: int, buffer: int) -> KVHook:
+    """Encoder on a lazy step: queries are [buffer, new tokens]; keys are [buffer, cached known, new],
+    the slot order of the official cache; the new tokens join the cache."""
+
+    def hook(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k_old, v_old = cache[layer]
+        cache[layer] = (torch.cat([k_old, k[:, :, buffer:]], 2), torch.cat([v_old, v[:, :, buffer:]], 2))
+        return (torch.cat([k[:, :, :buffer], k_old, k[:, :, buffer:]], 2),
+                torch.cat([v[:, :, :buffer], v_old, v[:, :, buffer:]], 2))  # fmt: skip
+
+    return hook
+
+
+def _replace_kv(cache: list, layer: int) -> KVHook:
+    """Every position recomputed: its keys/values replace the layer's cache."""
+
+    def hook(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cache[layer] = (k, v)
+        return k, v
+
+    return hook
+
+
+def _scatter_kv(cache: list, layer: int, kept: torch.Tensor) -> KVHook:
+    """Only ``kept`` positions (rows, n) recomputed: scatter them into the cache, attend over all of it."""
+
+    def hook(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        index = kept[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[-1])
+        k_all, v_all = cache[layer]
+        cache[layer] = (k_all.scatter(2, index, k), v_all.scatter(2, index, v))
+        return cache[layer]
+
+    return hook
 
 
 class _Chain:
@@ -179,7 +240,11 @@ class LazyMARPolicy(CachePolicy):
     # ---- decisions ---------------------------------------------------------------------------------
     def is_full(self, ctx: StepContext) -> bool:
         c = self.conf
-        return ctx.refresh or ctx.step < c.refresh_start or (ctx.step - c.refresh_start) % c.refresh_interval == 0
+        return (
+            ctx.refresh
+            or ctx.step < c.refresh_start
+            or (ctx.step - c.refresh_start) % c.refresh_interval == 0
+        )
 
     def condition_cache_on(self, ctx: StepContext) -> bool:
         return ctx.cfg_on and self.conf.condition_cache is not False
@@ -194,7 +259,9 @@ class LazyMARPolicy(CachePolicy):
 
     def num_kept(self, ctx: StepContext, positions: int) -> int:
         """Rows the decoder recomputes after the selection layer (the same for every image)."""
-        forced = ctx.predicted_now.shape[1] + (ctx.predicted_prev.shape[1] if ctx.predicted_prev is not None else 0)
+        forced = ctx.predicted_now.shape[1] + (
+            ctx.predicted_prev.shape[1] if ctx.predicted_prev is not None else 0
+        )
         ratio = self.retain_ratio(ctx.step, ctx.num_steps)
         return min(positions, max(forced + self.conf.keep_margin, int(positions * ratio)))
 
@@ -228,125 +295,118 @@ class LazyMARPolicy(CachePolicy):
             z = self._full_step(model, tokens, rows, cond, ctx)
         else:
             z = self._lazy_step(model, tokens, rows, cond, ctx)
-        self.predicted_mask = self.predicted_mask | _positions_mask(ctx.predicted_now, n, length, 0, tokens.device)
+        self.predicted_mask = self.predicted_mask | _positions_mask(
+            ctx.predicted_now, n, length, 0, tokens.device
+        )
         return z
 
     def _full_step(self, model, tokens, rows, cond, ctx: StepContext) -> torch.Tensor:
         """Everything in full; store what the next lazy steps reuse (for their rows only)."""
         self.stats.full_steps += 1
+        c = self.conf
         n = tokens.shape[0]
         keep = self.lazy_rows = self.batch if self.condition_cache_on(ctx) else n
-        c = self.conf
         buffer = model.buffer_size
 
         self.enc_known_kv = []
-
-        def store_encoder(k, v):
-            self.enc_known_kv.append((k[:keep, :, buffer:], v[:keep, :, buffer:]))
-            return k, v
-
         x = model.encoder_input(tokens, rows, cond)
         for j, block in enumerate(model.encoder_blocks):
-            x = block.mlp_residual(block.attention_residual(x, store_encoder if c.encoder_cache else None))
+            x = block(x, kv=_store_kv(self.enc_known_kv, keep, buffer) if c.encoder_cache else None)
             self.stats.count(f"encoder.{j}", ctx.step, x.shape[0] * x.shape[1], x.shape[0] * x.shape[1])
-        encoded = model.encoder_norm(x)
 
-        x = model.decoder_input(encoded, rows)
+        x = model.decoder_input(model.encoder_norm(x), rows)
         self.dec_input = x[:keep]
         self.dec_kv = []
-        sel = c.selection_layer
-
-        def store_decoder(k, v):
-            self.dec_kv.append((k[:keep], v[:keep]))
-            return k, v
-
         for j, block in enumerate(model.decoder_blocks):
-            x = block.attention_residual(x, store_decoder if c.token_cache else None)
-            if c.token_cache and j == sel:
-                self.prev_signal = self.dec_kv[sel][1] if c.criterion == "value" else x[:keep]
-            x = block.mlp_residual(x)
+            if not c.token_cache:
+                x = block(x)
+            elif j != c.selection_layer:
+                x = block(x, kv=_store_kv(self.dec_kv, keep, 0))
+            else:
+
+                def remember(hidden: torch.Tensor) -> torch.Tensor:
+                    self.prev_signal = self.dec_kv[-1][1] if c.criterion == "value" else hidden[:keep]
+                    return hidden
+
+                x = block(x, kv=_store_kv(self.dec_kv, keep, 0), select=remember)
             self.stats.count(f"decoder.{j}", ctx.step, x.shape[0] * x.shape[1], x.shape[0] * x.shape[1])
         if self.condition_cache_on(ctx):
             self.uncond_residual = x[self.batch :] - x[: self.batch]
         return model.decoder_output(x)
 
     def _lazy_step(self, model, tokens, rows, cond, ctx: StepContext) -> torch.Tensor:
+        """Transformer rows of the lazy batch only, reusing the caches; the CFG half synthesised."""
         self.stats.reused_steps += 1
-        c = self.conf
         n = tokens.shape[0]
-        keep = self.lazy_rows
-        buffer = model.buffer_size
-        positions = buffer + model.seq_len
-        device = tokens.device
-
-        # ---- encoder: everything, or the buffer and the newly known tokens over cached keys/values
-        if c.encoder_cache:
-            prev = ctx.predicted_prev if ctx.predicted_prev is not None else ctx.predicted_now[:, :0]
-            prev = prev.repeat(keep // prev.shape[0], 1)
-            enc_rows = model.visible_rows(prev)
-            x = model.encoder_input(tokens[:keep], enc_rows, cond[:keep])
-            baseline_rows = rows.shape[1]
-            for j, block in enumerate(model.encoder_blocks):
-                k_old, v_old = self.enc_known_kv[j]
-
-                def merge(k, v, j=j, k_old=k_old, v_old=v_old):
-                    # cache order as the official code: fresh buffer, older known tokens, new tokens
-                    self.enc_known_kv[j] = (torch.cat([k_old, k[:, :, buffer:]], 2), torch.cat([v_old, v[:, :, buffer:]], 2))
-                    return (torch.cat([k[:, :, :buffer], k_old, k[:, :, buffer:]], 2),
-                            torch.cat([v[:, :, :buffer], v_old, v[:, :, buffer:]], 2))  # fmt: skip
-
-                x = block.mlp_residual(block.attention_residual(x, merge))
-                self.stats.count(f"encoder.{j}", ctx.step, x.shape[0] * x.shape[1], n * baseline_rows)
-            fresh = model.decoder_input(model.encoder_norm(x), enc_rows)
-            refresh = _positions_mask(prev, keep, positions, buffer, device)
-            refresh[:, :buffer] = True
-            self.dec_input = torch.where(refresh.unsqueeze(-1), fresh, self.dec_input)
+        x = self._lazy_decoder_input(model, tokens, rows, cond, ctx)
+        if self.conf.token_cache:
+            x = self._lazy_decoder(model, x, ctx, n)
         else:
+            for j, block in enumerate(model.decoder_blocks):
+                x = block(x)
+                self.stats.count(f"decoder.{j}", ctx.step, x.shape[0] * x.shape[1], n * x.shape[1])
+        if self.lazy_rows < n:
+            x = torch.cat([x, x + self.uncond_residual])
+        return model.decoder_output(x)
+
+    def _lazy_decoder_input(self, model, tokens, rows, cond, ctx: StepContext) -> torch.Tensor:
+        """Decoder input (lazy rows, P, D): encoder over everything, or over the buffer and new tokens."""
+        keep, n, buffer = self.lazy_rows, tokens.shape[0], model.buffer_size
+        baseline = n * rows.shape[1]  # what the baseline encoder runs: every row, buffer + known
+        if not self.conf.encoder_cache:
             x = model.encoder_input(tokens[:keep], rows[:keep], cond[:keep])
             for j, block in enumerate(model.encoder_blocks):
                 x = block(x)
-                self.stats.count(f"encoder.{j}", ctx.step, x.shape[0] * x.shape[1], n * rows.shape[1])
+                self.stats.count(f"encoder.{j}", ctx.step, x.shape[0] * x.shape[1], baseline)
             self.dec_input = model.decoder_input(model.encoder_norm(x), rows[:keep])
-        x = self.dec_input
+            return self.dec_input
+        new = ctx.predicted_prev if ctx.predicted_prev is not None else ctx.predicted_now[:, :0]
+        new = new.repeat(keep // new.shape[0], 1)
+        enc_rows = model.visible_rows(new)
+        x = model.encoder_input(tokens[:keep], enc_rows, cond[:keep])
+        for j, block in enumerate(model.encoder_blocks):
+            x = block(x, kv=_append_kv(self.enc_known_kv, j, buffer))
+            self.stats.count(f"encoder.{j}", ctx.step, x.shape[0] * x.shape[1], baseline)
+        fresh = model.decoder_input(model.encoder_norm(x), enc_rows)
+        positions = fresh.shape[1]
+        refresh = _positions_mask(new, keep, positions, buffer, tokens.device)
+        refresh[:, :buffer] = True  # older known tokens keep their cached decoder input
+        self.dec_input = torch.where(refresh.unsqueeze(-1), fresh, self.dec_input)
+        return self.dec_input
 
-        # ---- decoder: all positions up to the selection layer's attention, then the kept rows only
-        kept = None
-        for j, block in enumerate(model.decoder_blocks):
-            if not c.token_cache:
-                x = block(x)
-                self.stats.count(f"decoder.{j}", ctx.step, x.shape[0] * x.shape[1], n * positions)
-                continue
-            if kept is None:
-                def replace_all(k, v, j=j):
-                    self.dec_kv[j] = (k, v)
-                    return k, v
+    def _lazy_decoder(self, model, x: torch.Tensor, ctx: StepContext, batch_rows: int) -> torch.Tensor:
+        """Every position up to the selection layer's attention, then the selected rows only.
 
-                signal_prev = self.prev_signal
-                x = block.attention_residual(x, replace_all)
-                self.stats.count(f"decoder.{j}", ctx.step, x.shape[0] * x.shape[1], n * positions)
-                if j == c.selection_layer:
-                    signal = self.dec_kv[j][1] if c.criterion == "value" else x
-                    kept = self._select(signal, signal_prev, ctx, keep, positions, buffer, device)
-                    self.prev_signal = signal
-                    x = x.gather(1, kept.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-                x = block.mlp_residual(x)
-                continue
+        Skipped positions output zeros: only the rows of predicted tokens are read, and those are kept.
+        """
+        c = self.conf
+        rows, positions, width = x.shape
+        baseline = batch_rows * positions  # what the baseline decoder runs: every row and position
+        kept: list[torch.Tensor] = []  # positions (rows, n_keep) chosen at the selection layer
 
-            def scatter(k, v, j=j):
-                index = kept[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[-1])
-                k_all, v_all = self.dec_kv[j]
-                self.dec_kv[j] = (k_all.scatter(2, index, k), v_all.scatter(2, index, v))
-                return self.dec_kv[j]
-
-            x = block.mlp_residual(block.attention_residual(x, scatter))
-            self.stats.count(f"decoder.{j}", ctx.step, x.shape[0] * x.shape[1], n * positions)
-        if kept is not None:  # skipped positions output zeros: only the predicted rows are read
-            x = torch.zeros(keep, positions, x.shape[-1], dtype=x.dtype, device=device).scatter(
-                1, kept.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x
+        def choose(hidden: torch.Tensor) -> torch.Tensor:
+            signal = self.dec_kv[c.selection_layer][1] if c.criterion == "value" else hidden
+            kept.append(
+                self._select(signal, self.prev_signal, ctx, rows, positions, model.buffer_size, x.device)
             )
-        if keep < n:
-            x = torch.cat([x, x + self.uncond_residual])
-        return model.decoder_output(x)
+            self.prev_signal = signal
+            return hidden.gather(1, kept[0].unsqueeze(-1).expand(-1, -1, width))
+
+        for j, block in enumerate(model.decoder_blocks):
+            if j < c.selection_layer:
+                x = block(x, kv=_replace_kv(self.dec_kv, j))
+            elif j == c.selection_layer:
+                x = block(x, kv=_replace_kv(self.dec_kv, j), select=choose)
+            else:
+                x = block(x, kv=_scatter_kv(self.dec_kv, j, kept[0]))
+            self.stats.count(
+                f"decoder.{j}",
+                ctx.step,
+                rows * positions if j <= c.selection_layer else x.shape[0] * x.shape[1],
+                baseline,
+            )
+        out = torch.zeros(rows, positions, width, dtype=x.dtype, device=x.device)
+        return out.scatter(1, kept[0].unsqueeze(-1).expand(-1, -1, width), x)
 
     def _select(self, signal, signal_prev, ctx: StepContext, rows: int, positions: int, buffer: int,
                 device) -> torch.Tensor:  # fmt: skip
@@ -366,7 +426,9 @@ class LazyMARPolicy(CachePolicy):
                        temperature: float, cfg: float | torch.Tensor | None, diffusion: SpacedDiffusion,
                        ctx: StepContext) -> torch.Tensor:  # fmt: skip
         if not self.conf.head_cache:
-            self._count_head(x_init.shape[0] * diffusion.num_timesteps, x_init.shape[0] * diffusion.num_timesteps)
+            self._count_head(
+                x_init.shape[0] * diffusion.num_timesteps, x_init.shape[0] * diffusion.num_timesteps
+            )
             return super().diffusion_head(model, z, x_init, noise_fn, temperature, cfg, diffusion, ctx)
         c = self.conf
         net = model.diffloss.net

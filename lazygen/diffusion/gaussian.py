@@ -145,6 +145,11 @@ class SpacedDiffusion:
             return mean
         return mean + torch.exp(0.5 * log_variance) * noise * temperature
 
+    @property
+    def flop_key(self) -> tuple[str, int]:
+        """What FLOP counting needs to tell two processes apart: the number of steps."""
+        return ("SpacedDiffusion", self.num_timesteps)
+
     def _gather(self, name: str, k: torch.Tensor) -> torch.Tensor:
         """Per-row coefficient (rows, 1): float64 table gathered, then cast to float32 (IDDPM's habit)."""
         key = (name, k.device)

@@ -262,10 +262,25 @@ def _module_totals(module_counts: Mapping[str, int], depth: int) -> dict[str, in
     return totals
 
 
+def _name_modules(counter: FlopCounterMode, roots: Mapping[str, torch.nn.Module]) -> None:
+    """Give the counter's module tracker full paths up front (``MAR.decoder_blocks.3.attn``).
+
+    The tracker names a module by the first parent it sees entered; code that calls a model's methods
+    rather than the model itself (samplers, cache policies) would leave modules named by class alone.
+    """
+    known = getattr(getattr(counter, "mod_tracker", None), "_known_modules", None)
+    if known is None:  # pragma: no cover - a torch version with another tracker
+        return
+    for root_name, root in roots.items():
+        for name, module in root.named_modules():
+            known[module] = f"{root_name}.{name}" if name else root_name
+
+
 def count_flops(
     fn: Callable[[], Any],
     depth: int = DEFAULT_MODULE_DEPTH,
     custom_mapping: Mapping[Any, Callable[..., int]] | None = None,
+    roots: Mapping[str, torch.nn.Module] | None = None,
 ) -> FlopCount:
     """Run ``fn()`` once under ``FlopCounterMode`` (patched for missing ops) and return its FLOPs.
 
@@ -274,12 +289,16 @@ def count_flops(
         depth: deepest module path kept in ``by_module`` (1 = root modules only).
         custom_mapping: extra ``{aten op packet: formula}`` entries; they override the built-in ones
             (use it e.g. to count sparse attention by kept keys).
+        roots: ``{name: module}`` whose submodules are reported under ``name.<path>`` however they
+            are called.
 
     Returns:
         A :class:`FlopCount`; ``total`` is an int in the FLOPs = 2 x MACs convention.
     """
     mapping = {**extra_flop_formulas(), **(custom_mapping or {})}
-    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+    counter = FlopCounterMode(display=False, custom_mapping=mapping)
+    with counter:
+        _name_modules(counter, roots or {})
         output = fn()
     counts = counter.get_flop_counts()
     by_op = {str(op): int(flops) for op, flops in counts.get(GLOBAL_KEY, {}).items()}

@@ -8,7 +8,7 @@ instant even for MAR-H. Otherwise it runs one real batch.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +26,9 @@ MEMOISED_METHODS: tuple[tuple[type[nn.Module], str], ...] = (
     (SimpleMLPAdaLN, "forward"),
     (DiffLoss, "sample"),
 )
+# Keyword arguments that make a call's work depend on more than shapes (cache hooks): calls that set
+# them are always run.
+HOOK_ARGUMENTS = ("kv", "select")
 # Of those, methods whose every op works row by row, so FLOPs are exactly proportional to the rows of the
 # first tensor argument: one count serves every row count (the diffusion chain runs once per token count).
 ROW_LINEAR_METHODS: tuple[tuple[type[nn.Module], str], ...] = ((DiffLoss, "sample"),)
@@ -73,29 +76,44 @@ def _snapshot(counter: FlopCounterMode) -> dict[str, dict]:
     return {mod: dict(ops) for mod, ops in counter.flop_counts.items()}
 
 
+def _arg_key(arg: object) -> object:
+    """How a non-tensor argument enters a memo key: its ``flop_key`` if it has one, else its type."""
+    return getattr(arg, "flop_key", None) or type(arg).__name__
+
+
 @contextlib.contextmanager
 def shape_memo(
-    root: nn.Module, methods: tuple[tuple[type[nn.Module], str], ...] = MEMOISED_METHODS
+    root: nn.Module,
+    methods: tuple[tuple[type[nn.Module], str], ...] = MEMOISED_METHODS,
+    row_linear_objects: Sequence[tuple[object, str]] = (),
 ) -> Iterator[None]:
     """On the meta device, count each (module, input shapes) once and replay the count afterwards.
 
     A meta-device op costs about a millisecond under the counter, and MAR calls its diffusion head
     thousands of times with identical shapes; since a meta forward has no values, a repeated call only
     needs its output shape and its FLOPs. Exact for modules whose work depends on shapes alone. Calls are
-    shared between modules of the same class and parameter shapes (the blocks of a stack).
+    shared between modules of the same class and parameter shapes (the blocks of a stack). Non-tensor
+    arguments enter the key by type, or by their ``flop_key`` when their value changes the work (the
+    number of diffusion steps). ``row_linear_objects`` adds (object, method) pairs of other objects (a
+    cache policy's diffusion head) whose work scales with the rows of their first tensor argument.
     """
     memo: dict[tuple, tuple[torch.Size, torch.dtype, dict[str, dict], int]] = {}
     originals: list[tuple[nn.Module, str, Callable]] = []
 
-    def wrap(module: nn.Module, forward: Callable, row_linear: bool) -> Callable:
-        # modules of one class with equal parameter shapes do equal work (e.g. the blocks of a stack);
-        # the counter names modules by class path, so their counts replay under the right names
-        identity = (type(module), tuple((n, tuple(p.shape)) for n, p in module.named_parameters()))
+    components = {m: name.split(".")[0] for name, m in root.named_modules()}
+
+    def wrap(module: object, forward: Callable, row_linear: bool) -> Callable:
+        # modules of one class with equal parameter shapes in one part of the model (the blocks of a
+        # stack) do equal work; their counts replay under the first one's names, which agree up to the
+        # part (``MAR.decoder_blocks``), the depth FLOP reports keep
+        params = module.named_parameters() if isinstance(module, nn.Module) else ()
+        identity = (type(module), components.get(module), tuple((n, tuple(p.shape)) for n, p in params))
 
         def memoised(*args, **kwargs):
             counter = _active_counter()
             tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-            if counter is None or any(t.device.type != "meta" for t in tensors):
+            hooked = any(kwargs.get(name) is not None for name in HOOK_ARGUMENTS)
+            if counter is None or hooked or any(t.device.type != "meta" for t in tensors):
                 return forward(*args, **kwargs)
             rows = tensors[0].shape[0] if row_linear else 1
             # row-linear: row counts enter the key as multiples of the first tensor's rows
@@ -103,7 +121,8 @@ def shape_memo(
                 ((t.shape[0] / rows, *t.shape[1:]) if row_linear and t.ndim > 1 else tuple(t.shape), t.dtype)
                 for t in tensors
             )
-            key = (identity, forward.__name__, shapes)
+            others = tuple(_arg_key(a) for a in (*args, *kwargs.values()) if not isinstance(a, torch.Tensor))
+            key = (identity, forward.__name__, shapes, others)
             if key in memo:
                 shape, dtype, delta, memo_rows = memo[key]
                 for mod, ops in delta.items():
@@ -130,6 +149,9 @@ def shape_memo(
                 originals.append((module, name, getattr(module, name)))
                 linear = any(isinstance(module, c) and name == n for c, n in ROW_LINEAR_METHODS)
                 setattr(module, name, wrap(module, getattr(module, name), linear))
+    for obj, name in row_linear_objects:
+        originals.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, wrap(obj, getattr(obj, name), True))
     try:
         yield
     finally:
@@ -158,11 +180,16 @@ def measure_flops(
     labels = labels.to(device)
     n = labels.shape[0]
     generator.policy.reset(n)
-    with shape_memo(generator.model):
+    policy = generator.policy
+    with shape_memo(generator.model, row_linear_objects=[(policy, m) for m in policy.row_linear_methods]):
         sampled = count_flops(
-            lambda: generator.sampler.sample(generator.model, labels, seeds, generator.policy)
+            lambda: generator.sampler.sample(generator.model, labels, seeds, generator.policy),
+            roots={type(generator.model).__name__: generator.model},
         )
-    decoded = count_flops(lambda: generator.tokenizer.decode_tokens_latent(sampled.output))
+    decoded = count_flops(
+        lambda: generator.tokenizer.decode_tokens_latent(sampled.output),
+        roots={type(generator.tokenizer).__name__: generator.tokenizer},
+    )
     by_module = {k: v / n / TERA for k, v in {**sampled.by_module, **decoded.by_module}.items()}
     return FlopReport(
         tflops_per_img=(sampled.total + decoded.total) / n / TERA,

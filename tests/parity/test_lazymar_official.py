@@ -27,8 +27,13 @@ def model(lazymar_fixture) -> MAR:
 
 def official_run(fixture: dict, model: MAR, policy: CachePolicy) -> torch.Tensor:
     sampler = MARSampler(
-        MARSamplerConf(num_iter=fixture["num_iter"], cfg=fixture["cfg"], cfg_schedule=fixture["cfg_schedule"],
-                       temperature=fixture["temperature"], rng="official")  # fmt: skip
+        MARSamplerConf(
+            num_iter=fixture["num_iter"],
+            cfg=fixture["cfg"],
+            cfg_schedule=fixture["cfg_schedule"],
+            temperature=fixture["temperature"],
+            rng="official",
+        )  # fmt: skip
     )
     torch.manual_seed(fixture["seed"])
     np.random.seed(fixture["seed"])

@@ -1,8 +1,9 @@
 """Pre-norm ViT block with the key names of timm 0.9.12's ``Block`` (as used by the official MAR).
 
-The block exposes one mechanism beyond a plain forward: attention whose keys/values may come from a
-different (larger) set of rows than the queries. Cache policies use it to recompute only some tokens while
-the others still take part in attention through cached keys/values; the block itself decides nothing.
+The block exposes two mechanisms beyond a plain forward: attention whose keys/values may come from a
+different (larger) set of rows than the queries, and a row selection between attention and MLP. Cache
+policies use them to recompute only some tokens while the others still take part in attention through
+cached keys/values; the block itself decides nothing.
 """
 
 from __future__ import annotations
@@ -44,8 +45,12 @@ class Attention(nn.Module):
         n, _, lq, _ = out.shape
         return self.proj(out.transpose(1, 2).reshape(n, lq, self.num_heads * self.head_dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.attend(*self.qkv_heads(x))
+    def forward(self, x: torch.Tensor, kv: KVHook | None = None) -> torch.Tensor:
+        """Self-attention of the rows of x; ``kv`` may swap in other keys/values (rows not recomputed)."""
+        q, k, v = self.qkv_heads(x)
+        if kv is not None:
+            k, v = kv(k, v)
+        return self.attend(q, k, v)
 
 
 class Mlp(nn.Module):
@@ -71,15 +76,20 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def attention_residual(self, x: torch.Tensor, kv: KVHook | None = None) -> torch.Tensor:
-        """``x + attn(norm1(x))``; ``kv`` may swap in other keys/values (rows that are not recomputed)."""
-        q, k, v = self.attn.qkv_heads(self.norm1(x))
-        if kv is not None:
-            k, v = kv(k, v)
-        return x + self.attn.attend(q, k, v)
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        kv: KVHook | None = None,
+        select: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``.
 
-    def mlp_residual(self, x: torch.Tensor) -> torch.Tensor:
+        ``kv`` may swap in other keys/values (rows that are not recomputed take part through cached
+        ones); ``select`` sees the hidden rows between attention and MLP and may return a subset of them,
+        which the MLP then runs on alone.
+        """
+        x = x + self.attn(self.norm1(x), kv)
+        if select is not None:
+            x = select(x)
         return x + self.mlp(self.norm2(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp_residual(self.attention_residual(x))
