@@ -1,8 +1,10 @@
-"""``make bench``: FLOPs per image of MAR-B/L/H and CPU wall-clock of one configuration.
+"""``make bench``: FLOPs per image and wall-clock speedups of the cache policies, in one run.
 
-FLOPs are counted on the meta device (random weights never allocated), at 64 AR steps x 100 diffusion
-steps with CFG on, the papers' setting. Wall-clock runs the real network with seeded random weights.
-Speed lives here, never in timed tests.
+FLOPs: MAR-B/L/H with random weights, counted on the meta device (never allocated) at 64 AR steps x 100
+diffusion steps with CFG on (the papers' setting), for ``cache=none`` and each other policy, next to the
+LazyMAR paper's figures. Wall-clock: for each latency model, the baseline and each policy generate the
+same seeded batch alternately after one untimed warm-up each, in this process on this machine, so their
+ratio is a speedup measured under equal conditions. Speed lives here, never in timed tests.
 """
 
 from __future__ import annotations
@@ -12,59 +14,104 @@ import json
 import time
 
 import torch
+from hydra import compose, initialize_config_dir
 
-from lazygen.build import build_model, build_policy, build_sampler, build_tokenizer
-from lazygen.config import CacheConf, ModelConf, SamplerConf
+from lazygen.cli import CONFIG_PATH
+from lazygen.config import validate
 from lazygen.lit.generation import Generator
 from lazygen.metrics.perf import measure_flops
-from lazygen.models.mar.mar import MAR_PRESETS
+from lazygen.run import make_generator
 
-PAPER_TFLOPS = {"mar_b": 15.49, "mar_l": 35.05, "mar_h": 69.06}  # LazyMAR Table 1, 64 steps
-README_CFG = {"mar_b": 2.9, "mar_l": 3.0, "mar_h": 3.2}
+# LazyMAR Table 1, 64 steps: TFLOPs per image of MAR and LazyMAR, and LazyMAR's speedup.
+PAPER_TFLOPS = {
+    "none": {"mar_b": 15.49, "mar_l": 35.05, "mar_h": 69.06},
+    "lazymar": {"mar_b": 5.54, "mar_l": 12.52, "mar_h": 24.38},
+}
+PAPER_SPEEDUP = {"lazymar": {"mar_b": 2.80, "mar_l": 2.80, "mar_h": 2.83}}
+FLOP_MODELS = ("mar_b", "mar_l", "mar_h")
 
 
-def generator_for(name: str, num_iter: int, device: str) -> Generator:
-    model = ModelConf(name=name, init="random", arch=MAR_PRESETS[name])
-    sampler = SamplerConf(num_iter=num_iter, cfg=README_CFG[name])
-    return Generator(
-        build_model(model, device),
-        build_tokenizer(model, device),
-        build_sampler(sampler),
-        build_policy(CacheConf()),
-    )
+def generator_for(model: str, cache: str, num_iter: int, device: str, *overrides: str) -> Generator:
+    """The run a user gets from ``python -m lazygen model=<model> cache=<cache>`` (ImageNet models random)."""
+    config_dir = CONFIG_PATH if not CONFIG_PATH.startswith("pkg://") else None
+    if config_dir is None:  # installed wheel: the package's conf directory
+        from importlib.resources import files
+
+        config_dir = str(files("lazygen.conf"))
+    init = ["model.init=random"] if model.startswith("mar_") else []
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={model}", f"cache={cache}",
+                                           f"sampler.num_iter={num_iter}", *init, *overrides])  # fmt: skip
+    return make_generator(validate(cfg), device)
+
+
+def flop_rows(models: list[str], caches: list[str], num_iter: int) -> dict:
+    rows: dict[str, dict] = {}
+    for name in models:
+        rows[name] = {}
+        for cache in caches:
+            start = time.perf_counter()
+            report = measure_flops(
+                lambda dev, m=name, c=cache: generator_for(m, c, num_iter, dev), torch.tensor([0]), [0], "meta"
+            )
+            row = {"tflops_per_img": round(report.tflops_per_img, 3),
+                   "tflops_per_img_decoder": round(report.tflops_per_img_decoder, 3),
+                   "count_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+            paper = PAPER_TFLOPS.get(cache, {}).get(name)
+            if paper and num_iter == 64:
+                row["paper_tflops"] = paper
+                row["relative_to_paper"] = round(report.tflops_per_img / paper - 1, 4)
+            if cache != "none" and "none" in rows[name]:
+                row["flop_speedup"] = round(rows[name]["none"]["tflops_per_img"] / report.tflops_per_img, 3)
+                if num_iter == 64 and name in PAPER_SPEEDUP.get(cache, {}):
+                    row["paper_speedup"] = PAPER_SPEEDUP[cache][name]
+            rows[name][cache] = row
+            print(json.dumps({"flops": {name: {cache: row}}}), flush=True)
+    return rows
+
+
+def latency_rows(models: list[str], caches: list[str], num_iter: int, batch: int, repeats: int) -> dict:
+    """Seconds per image of each policy on one seeded batch, alternating with the baseline."""
+    rows: dict[str, dict] = {}
+    for name in models:
+        gens = {cache: generator_for(name, cache, num_iter, "cpu") for cache in caches}
+        base_model = gens[caches[0]].model
+        for gen in gens.values():  # one network, so weights and memory are shared
+            gen.model, gen.tokenizer = base_model, gens[caches[0]].tokenizer
+        n = batch if not name.startswith("mar_") else 1
+        labels, seeds = torch.arange(n) % base_model.arch.class_num, list(range(n))
+        for gen in gens.values():
+            gen.generate(labels, seeds)  # warm-up
+        seconds = {cache: 0.0 for cache in caches}
+        for _ in range(repeats):
+            for cache, gen in gens.items():
+                seconds[cache] += gen.generate(labels, seeds).seconds
+        per_img = {cache: s / (n * repeats) for cache, s in seconds.items()}
+        rows[name] = {"batch": n, "repeats": repeats, "threads": torch.get_num_threads(),
+                      **{f"{c}_s_per_img": round(v, 3) for c, v in per_img.items()}}  # fmt: skip
+        for cache in caches[1:]:
+            rows[name][f"{cache}_wall_speedup"] = round(per_img[caches[0]] / per_img[cache], 3)
+        print(json.dumps({"latency": {name: rows[name]}}), flush=True)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--models", nargs="+", default=list(MAR_PRESETS))
+    parser.add_argument("--models", nargs="*", default=list(FLOP_MODELS), help="models whose FLOPs to count")
+    parser.add_argument("--caches", nargs="+", default=["none", "lazymar"], help="first = the baseline")
     parser.add_argument("--num-iter", type=int, default=64)
-    parser.add_argument(
-        "--latency-model", default="mar_b", help="also time one image of this model on CPU ('' to skip)"
-    )
+    parser.add_argument("--latency-models", nargs="*", default=["tiny_mar", "mar_b"],
+                        help="models to time on this CPU (none to skip)")  # fmt: skip
+    parser.add_argument("--batch", type=int, default=8, help="batch of tiny models (MAR-B/L/H: 1 image)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--out", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
-    results = {}
-    for name in args.models:
-        start = time.perf_counter()
-        report = measure_flops(
-            lambda dev, n=name: generator_for(n, args.num_iter, dev), torch.tensor([0]), [0], "meta"
-        )
-        results[name] = {
-            "tflops_per_img": round(report.tflops_per_img, 3),
-            "tflops_per_img_decoder": round(report.tflops_per_img_decoder, 3),
-            "paper_tflops": PAPER_TFLOPS[name],
-            "relative_to_paper": round(report.tflops_per_img / PAPER_TFLOPS[name] - 1, 4),
-            "count_seconds": round(time.perf_counter() - start, 1),
-        }
-        print(json.dumps({name: results[name]}), flush=True)
-    if args.latency_model:
-        gen = generator_for(args.latency_model, args.num_iter, "cpu")
-        warm_up = SamplerConf(num_iter=1, cfg=README_CFG[args.latency_model], diffusion_steps=2)
-        Generator(gen.model, gen.tokenizer, build_sampler(warm_up), gen.policy).generate(
-            torch.tensor([0]), [0]
-        )
-        out = gen.generate(torch.tensor([1]), [1])
-        print(json.dumps({args.latency_model: {"cpu_seconds_per_img": round(out.seconds, 2),
-                                               "threads": torch.get_num_threads()}}))  # fmt: skip
+    results = {"num_iter": args.num_iter}
+    results["flops"] = flop_rows(args.models, args.caches, args.num_iter)
+    results["latency"] = latency_rows(args.latency_models, args.caches, args.num_iter, args.batch, args.repeats)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":

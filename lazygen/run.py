@@ -233,16 +233,41 @@ def quality_metrics(run: RunConf, images: np.ndarray, labels: list[int], home: P
     return {k: float(v) for k, v in meter.compute().items()}
 
 
-def cache_metrics(records: list[dict]) -> dict:
-    stats = [r["cache"] for r in records if "cache" in r]
+def cache_metrics(records: list[dict]) -> tuple[dict[str, float], dict]:
+    """Cache statistics over all batches: headline metrics, and the per-layer and per-step detail.
+
+    ``cache/recompute_frac`` is the share of the baseline's transformer work (rows x positions x layers)
+    that was recomputed; ``cache/full_steps`` and ``cache/reused_steps`` count steps per generation.
+    """
+    stats = [r["cache"] for r in records if r.get("cache")]
     if not stats:
-        return {}
+        return {}, {}
     recomputed = sum(s["recomputed_tokens"] for s in stats)
     total = sum(s["total_tokens"] for s in stats)
-    return {
+    metrics = {
         "cache/full_steps": sum(s["full_steps"] for s in stats) / len(stats),
+        "cache/reused_steps": sum(s.get("reused_steps", 0) for s in stats) / len(stats),
         "cache/recompute_frac": recomputed / total if total else 1.0,
     }
+    head_evals = sum(s.get("head_evals", 0) for s in stats)
+    if head_evals:
+        metrics["cache/head_full_frac"] = sum(s["head_full_evals"] for s in stats) / head_evals
+    layers: dict[str, list[int]] = {}
+    steps: list[list[int]] = []
+    for s in stats:
+        for layer, (done, base) in s.get("by_layer", {}).items():
+            entry = layers.setdefault(layer, [0, 0])
+            entry[0], entry[1] = entry[0] + done, entry[1] + base
+        for i, (done, base) in enumerate(s.get("by_step", [])):
+            steps.extend([0, 0] for _ in range(i + 1 - len(steps)))
+            steps[i][0], steps[i][1] = steps[i][0] + done, steps[i][1] + base
+    for layer, (done, base) in layers.items():
+        metrics[f"cache/recompute_frac/{layer}"] = done / base if base else 1.0
+    detail = {
+        "recompute_frac_by_layer": {k: d / b if b else 1.0 for k, (d, b) in layers.items()},
+        "recompute_frac_by_step": [d / b if b else 1.0 for d, b in steps],
+    }
+    return metrics, detail
 
 
 def run_name(run: RunConf, tag: str) -> str:
@@ -283,7 +308,10 @@ def run_job(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> d
     Image.fromarray(grid).save(run_dir / GRID_FILE)
     if run.metrics.latency:
         metrics.update(latency_metrics(records))
-    metrics.update(cache_metrics(records))
+    cache, cache_detail = cache_metrics(records)
+    metrics.update(cache)
+    if cache_detail:
+        (run_dir / "cache.json").write_text(json.dumps(cache_detail, indent=2))
     if run.metrics.flops.enabled:
         flops, detail = flops_metrics(run, specs, home)
         metrics.update(flops)
@@ -314,5 +342,6 @@ def run_job(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> d
         metrics=metrics,
         grid=grid,
         tags=run.tags,
+        curves={"cache/recompute_frac_by_step": cache_detail["recompute_frac_by_step"]} if cache_detail else None,
     )
     return metrics

@@ -59,6 +59,7 @@ def log_run(
     metrics: dict[str, float],
     grid: np.ndarray | None,
     tags: list[str],
+    curves: dict[str, list[float]] | None = None,
 ) -> str | None:
     """Mirror a finished job's metrics to the configured tracker; returns the W&B mode used, if any."""
     if conf.kind == "csv":
@@ -93,6 +94,9 @@ def log_run(
             run.summary[key] = value
         if grid is not None:
             run.log({"samples/grid": wandb.Image(grid)})
+        for key, values in (curves or {}).items():  # per-step series, e.g. the share recomputed
+            table = wandb.Table(columns=["step", key], data=[[i, v] for i, v in enumerate(values)])
+            run.log({key: wandb.plot.line(table, "step", key, title=key)})
     finally:
         run.finish()
     return mode

@@ -18,11 +18,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from lazygen.lit.generation import Generator
 from lazygen.metrics.flops import count_flops
 from lazygen.models.mar.diffloss import DiffLoss, SimpleMLPAdaLN
-from lazygen.models.mar.transformer import Block
+from lazygen.models.mar.transformer import Attention, Block, Mlp
 
 # Methods whose meta-device calls are memoised by input shapes while counting (see ``shape_memo``).
 MEMOISED_METHODS: tuple[tuple[type[nn.Module], str], ...] = (
     (Block, "forward"),
+    (Attention, "attend"),  # blocks run with cache hooks are not memoised, but their parts are
+    (Mlp, "forward"),
+    (nn.Linear, "forward"),
     (SimpleMLPAdaLN, "forward"),
     (DiffLoss, "sample"),
 )
