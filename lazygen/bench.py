@@ -52,7 +52,10 @@ def flop_rows(models: list[str], caches: list[str], num_iter: int) -> dict:
         for cache in caches:
             start = time.perf_counter()
             report = measure_flops(
-                lambda dev, m=name, c=cache: generator_for(m, c, num_iter, dev), torch.tensor([0]), [0], "meta"
+                lambda dev, m=name, c=cache: generator_for(m, c, num_iter, dev),
+                torch.tensor([0]),
+                [0],
+                "meta",
             )
             row = {"tflops_per_img": round(report.tflops_per_img, 3),
                    "tflops_per_img_decoder": round(report.tflops_per_img_decoder, 3),
@@ -108,7 +111,9 @@ def main() -> None:
     args = parser.parse_args()
     results = {"num_iter": args.num_iter}
     results["flops"] = flop_rows(args.models, args.caches, args.num_iter)
-    results["latency"] = latency_rows(args.latency_models, args.caches, args.num_iter, args.batch, args.repeats)
+    results["latency"] = latency_rows(
+        args.latency_models, args.caches, args.num_iter, args.batch, args.repeats
+    )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)

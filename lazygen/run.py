@@ -342,6 +342,8 @@ def run_job(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> d
         metrics=metrics,
         grid=grid,
         tags=run.tags,
-        curves={"cache/recompute_frac_by_step": cache_detail["recompute_frac_by_step"]} if cache_detail else None,
+        curves={"cache/recompute_frac_by_step": cache_detail["recompute_frac_by_step"]}
+        if cache_detail
+        else None,
     )
     return metrics

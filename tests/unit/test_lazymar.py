@@ -71,13 +71,24 @@ def test_yaml_defaults_are_the_official_constants() -> None:
     assert (c.refresh_start, c.refresh_interval, c.selection_layer, c.keep_margin) == (5, 9, 3, 15)
     assert (c.head_interval, c.head_refresh_above, c.head_skip_blocks) == (7, 0.9, [1, 2, 3, 4])
     assert c.retain_schedule == OFFICIAL_RETAIN_SCHEDULE and len(c.retain_schedule) == 64
-    assert [int(320 * r) for r in sorted(set(c.retain_schedule), reverse=True)] == [320, 192, 160, 128, 48, 38, 16]
+    assert [int(320 * r) for r in sorted(set(c.retain_schedule), reverse=True)] == [
+        320,
+        192,
+        160,
+        128,
+        48,
+        38,
+        16,
+    ]
 
 
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
-        (["sampler.cfg=1.0", "cache.condition_cache=true"], "cache.condition_cache=true needs classifier-free"),
+        (
+            ["sampler.cfg=1.0", "cache.condition_cache=true"],
+            "cache.condition_cache=true needs classifier-free",
+        ),
         (["sampler.cfg=1.0", "cache.head_cfg_residual=true"], "cache.head_cfg_residual=true needs"),
         (["cache.selection_layer=3"], "not a decoder block of this model (it has 3"),
         (["cache.retain_ratio=0.0"], "retain ratios must lie in (0, 1]"),
@@ -125,7 +136,9 @@ def test_kept_token_counts_follow_the_official_formula() -> None:
     remaining, prev, kept = 256, 0, {}
     for step, mask_len in enumerate(mask_schedule(256, 64)):
         now = remaining - mask_len
-        c = StepContext(step, 64, torch.zeros(1, prev, dtype=torch.long), torch.zeros(1, now, dtype=torch.long), True)
+        c = StepContext(
+            step, 64, torch.zeros(1, prev, dtype=torch.long), torch.zeros(1, now, dtype=torch.long), True
+        )
         kept[step] = policy.num_kept(c, 320)
         remaining, prev = mask_len, now
     assert [kept[s] for s in (6, 13, 19, 20, 21, 22, 24, 25, 29, 30, 31, 35, 39, 40)] == (
@@ -183,7 +196,9 @@ def test_everything_off_is_the_baseline_exactly(baseline) -> None:
 
 
 def test_refreshing_every_step_is_the_baseline_transformer(baseline) -> None:
-    out, policy = sample(run_conf(*LAZY, "cache.refresh_interval=1", "cache.refresh_start=0", "cache.head_cache=false"))
+    out, policy = sample(
+        run_conf(*LAZY, "cache.refresh_interval=1", "cache.refresh_start=0", "cache.head_cache=false")
+    )
     assert torch.allclose(out, baseline[0], rtol=1e-4, atol=1e-4 * float(baseline[0].abs().max()))
     assert policy.stats.reused_steps == 0 and policy.stats.full_steps == 8
 

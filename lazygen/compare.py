@@ -1,0 +1,146 @@
+"""``python -m lazygen.compare``: one table of finished runs against a baseline run.
+
+Each run's ``metrics.json`` gives FLOPs, quality and latency; fidelity is measured here, per image, against
+the baseline run's images of the same sample indices (same seeds and labels), over *all* images rather
+than the few a run's own paired measurement uses. Give the baseline first, then the other runs, or one
+multirun directory and the job number of its baseline:
+
+    python -m lazygen.compare runs/generate/multirun/<time> --baseline 0
+    python -m lazygen.compare runs/base runs/lazymar runs/steps32 --out table.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from lazygen.errors import LazygenError
+from lazygen.metrics.quality import psnr
+
+METRICS_FILE = "metrics.json"
+SAMPLES_FILE = "samples.npz"
+PSNR_CAP_DB = 100.0  # identical images count as 100 dB so averages stay finite
+COLUMNS = (  # (header, metrics key, format)
+    ("TFLOPs/img", "flops/tflops_per_img", "{:.4f}"),
+    ("FID", "quality/fid", "{:.1f}"),
+    ("IS", "quality/is_mean", "{:.2f}"),
+    ("class acc", "quality/class_acc", "{:.3f}"),
+    ("recompute", "cache/recompute_frac", "{:.3f}"),
+    ("s/img", "perf/latency_s_per_img", "{:.3f}"),
+)
+
+
+def _run_dirs(paths: list[Path], baseline: str | None) -> tuple[Path, list[Path]]:
+    if len(paths) == 1 and not (paths[0] / METRICS_FILE).exists():
+        jobs = sorted(
+            (p for p in paths[0].iterdir() if (p / METRICS_FILE).exists()),
+            key=lambda p: (len(p.name), p.name),
+        )
+        if not jobs:
+            raise LazygenError(
+                f"{paths[0]} holds no finished run (no {METRICS_FILE} in it or its subfolders)."
+            )
+        names = [p.name for p in jobs]
+        if baseline is None or baseline not in names:
+            raise LazygenError(
+                f"{paths[0]} is a multirun with jobs {names}; name the baseline job with --baseline "
+                "(e.g. --baseline 0, the job with cache=none at the full step count)."
+            )
+        base = jobs[names.index(baseline)]
+        return base, [p for p in jobs if p != base]
+    for p in paths:
+        if not (p / METRICS_FILE).exists():
+            raise LazygenError(
+                f"{p} is not a finished run: it has no {METRICS_FILE}. Finish or resume it first."
+            )
+    if len(paths) < 2:
+        raise LazygenError("Give a baseline run and at least one run to compare with it.")
+    return paths[0], paths[1:]
+
+
+def _overrides(run_dir: Path) -> str:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.exists():
+        return run_dir.name
+    return " ".join(yaml.safe_load(path.read_text()) or []) or "(defaults)"
+
+
+def _samples(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    path = run_dir / SAMPLES_FILE
+    if not path.exists():
+        raise LazygenError(f"{run_dir} has no {SAMPLES_FILE}; rerun it with callbacks.save_npz=true.")
+    data = np.load(path)
+    return data["arr_0"], data["labels"]
+
+
+def fidelity(images: np.ndarray, reference: np.ndarray) -> float:
+    """Mean PSNR (dB, capped) of images (N, H, W, 3) uint8 against the reference images of the same seeds."""
+    a = torch.from_numpy(images).permute(0, 3, 1, 2)
+    b = torch.from_numpy(reference).permute(0, 3, 1, 2)
+    return float(psnr(a, b, cap_db=PSNR_CAP_DB).mean())
+
+
+def compare(base_dir: Path, run_dirs: list[Path]) -> list[dict]:
+    base_images, base_labels = _samples(base_dir)
+    base_metrics = json.loads((base_dir / METRICS_FILE).read_text())
+    rows = []
+    for run_dir in [base_dir, *run_dirs]:
+        images, labels = _samples(run_dir)
+        if images.shape != base_images.shape or not np.array_equal(labels, base_labels):
+            raise LazygenError(
+                f"{run_dir} did not generate the same samples as the baseline {base_dir} ({len(labels)} vs "
+                f"{len(base_labels)} images, or other labels); compare runs made with the same data.* settings."
+            )
+        metrics = json.loads((run_dir / METRICS_FILE).read_text())
+        row = {"run": str(run_dir), "overrides": _overrides(run_dir), "metrics": metrics}
+        row["psnr_vs_baseline"] = fidelity(images, base_images) if run_dir != base_dir else PSNR_CAP_DB
+        if "flops/tflops_per_img" in metrics and "flops/tflops_per_img" in base_metrics:
+            row["flop_speedup"] = base_metrics["flops/tflops_per_img"] / metrics["flops/tflops_per_img"]
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    header = ["run", *[c[0] for c in COLUMNS], "FLOP speedup", "PSNR vs baseline (dB)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["overrides"]]
+        for _, key, fmt in COLUMNS:
+            value = row["metrics"].get(key)
+            cells.append(fmt.format(value) if value is not None else "–")
+        cells.append(f"{row['flop_speedup']:.2f}×" if "flop_speedup" in row else "–")
+        cells.append(
+            f"{row['psnr_vs_baseline']:.2f}" if row["psnr_vs_baseline"] < PSNR_CAP_DB else "baseline"
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("runs", nargs="+", type=Path, help="baseline run then others, or one multirun folder")
+    parser.add_argument("--baseline", help="job number of the baseline inside a multirun folder")
+    parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    try:
+        base, others = _run_dirs(args.runs, args.baseline)
+        rows = compare(base, others)
+    except LazygenError as exc:
+        from lazygen.cli import exit_with_user_error
+
+        exit_with_user_error(exc)
+    print(markdown(rows))
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,70 @@
+"""cache=lazymar from the command line, and the comparison table of finished runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers import FAST, cli, read_metrics
+
+from lazygen.compare import compare, fidelity, main, markdown
+
+LAZY_FAST = [*FAST, "cache=lazymar", "sampler.num_iter=6", "cache.refresh_start=1", "cache.refresh_interval=3",
+             "data.num_images=2"]  # fmt: skip
+
+
+def test_lazymar_run_reports_its_cache_statistics(tmp_path):
+    proc = cli(*LAZY_FAST, f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = read_metrics(tmp_path)
+    assert m["cache/full_steps"] == 3 and m["cache/reused_steps"] == 3  # steps 0, 1 and 4 are full
+    assert 0 < m["cache/recompute_frac"] < 1
+    assert m["flops/tflops_per_img"] > 0
+    detail = json.loads((tmp_path / "cache.json").read_text())
+    assert len(detail["recompute_frac_by_step"]) == 6 and detail["recompute_frac_by_step"][0] == 1.0
+    assert "cache/recompute_frac" in proc.stderr  # the console summary shows it
+
+
+def test_condition_cache_without_cfg_is_a_clear_cli_error():
+    proc = cli(*LAZY_FAST, "sampler.cfg=1.0", "cache.condition_cache=true")
+    assert proc.returncode == 2
+    assert "cache.condition_cache=true needs classifier-free guidance" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def _fake_run(path, images, metrics, labels=None):
+    path.mkdir(parents=True)
+    labels = np.arange(len(images)) % 10 if labels is None else labels
+    np.savez(path / "samples.npz", arr_0=images, labels=labels)
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    return path
+
+
+def test_compare_measures_fidelity_over_every_image(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    base_images = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    noisy = np.clip(base_images.astype(int) + rng.integers(-8, 9, base_images.shape), 0, 255).astype(np.uint8)
+    base = _fake_run(tmp_path / "m" / "0", base_images, {"flops/tflops_per_img": 2.0, "quality/fid": 10.0})
+    _fake_run(tmp_path / "m" / "1", noisy, {"flops/tflops_per_img": 0.5, "quality/fid": 12.0})
+    _fake_run(tmp_path / "m" / "2", base_images, {"flops/tflops_per_img": 1.0})
+    rows = compare(base, [tmp_path / "m" / "1", tmp_path / "m" / "2"])
+    assert rows[1]["flop_speedup"] == 4.0 and rows[2]["flop_speedup"] == 2.0
+    mse = ((noisy.astype(float) - base_images) ** 2).reshape(6, -1).mean(1)
+    assert rows[1]["psnr_vs_baseline"] == pytest.approx(np.mean(10 * np.log10(255**2 / mse)))
+    assert rows[2]["psnr_vs_baseline"] == 100.0 == fidelity(base_images, base_images)
+    assert "4.00×" in markdown(rows)
+    main([str(tmp_path / "m"), "--baseline", "0", "--out", str(tmp_path / "t.json")])
+    assert "| 12.0 |" in capsys.readouterr().out.replace(" 12.0 ", " 12.0 ")
+    assert len(json.loads((tmp_path / "t.json").read_text())) == 3
+
+
+def test_compare_refuses_runs_of_other_samples(tmp_path):
+    images = np.zeros((4, 8, 8, 3), dtype=np.uint8)
+    base = _fake_run(tmp_path / "a", images, {})
+    other = _fake_run(tmp_path / "b", images, {}, labels=np.array([9, 9, 9, 9]))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(base), str(other)])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit):
+        main([str(tmp_path)])  # a folder of runs needs --baseline
