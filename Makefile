@@ -24,7 +24,7 @@ lint:  ## ruff lint and format check
 run:  ## the embedded CPU default run
 	$(PYTHON) -m lazygen
 
-bench:  ## FLOPs per image (MAR-B/L/H, random weights, meta device) and CPU seconds per image
+bench:  ## FLOPs per image of MAR-B/L/H with and without LazyMAR (meta device) and CPU wall-clock speedups
 	$(PYTHON) -m lazygen.bench
 
 train-tiny:  ## retrain the shipped evaluator and tiny_mar on digits16 into lazygen/assets (~35 min, CPU)

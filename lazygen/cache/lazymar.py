@@ -279,10 +279,9 @@ class LazyMARPolicy(CachePolicy):
             noise = torch.rand(known.shape, generator=self._generator).to(known.device)
             if strategy == "random":
                 score = noise
-            else:  # reuse one group first: 'predicted' reuses known tokens, 'unpredicted' masked ones
+            else:  # 'predicted' reuses known tokens, 'unpredicted' masked ones; random order within groups
                 reuse = known if strategy == "predicted" else ~known
-                score = noise - reuse.to(noise.dtype)  # the reused group ranks last (score in [0, 1))
-                score = -score
+                score = reuse.to(noise.dtype) + noise  # the reused group scores in [1, 2): recomputed last
         return score.masked_fill(forced, FORCED_SCORE)
 
     # ---- transformer -------------------------------------------------------------------------------

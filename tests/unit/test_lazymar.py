@@ -278,3 +278,20 @@ def test_cache_statistics_reach_the_metrics() -> None:
     assert metrics["cache/recompute_frac/decoder.2"] < metrics["cache/recompute_frac/decoder.0"]
     assert len(detail["recompute_frac_by_step"]) == 8 and detail["recompute_frac_by_step"][0] == 1.0
     assert detail["recompute_frac_by_step"][3] < 0.5  # lazy: half the rows, fewer tokens
+
+
+def test_head_cache_flops_are_exactly_what_the_refresh_rule_leaves() -> None:
+    """Tiny config: T = 6 diffusion steps, head_interval 4 -> k = 5, 4, 0 full (both CFG halves), k = 3, 2, 1
+    conditional-only with blocks 1 and 2 skipped and the MLP branches reused (no k > 0.9 T refresh)."""
+    width, cond, channels, depth, skipped = 32, 32, 1, 3, 2  # tiny_mar: one-channel pixel tokens
+    linear = lambda i, o: 2 * i * o  # noqa: E731
+    embed = linear(256, width) + linear(width, width) + linear(cond, width) + linear(channels, width)
+    ada, mlp = linear(width, 3 * width), 2 * linear(width, width)
+    final = linear(width, 2 * width) + linear(width, 2 * channels)
+    full_row = embed + depth * (ada + mlp) + final
+    partial_row = embed + (depth - skipped) * ada + final
+    per_image = 256 * (3 * 2 * full_row + 3 * partial_row)  # every token of the image goes through one chain
+    base = flops_by_part(run_conf())["diffloss"] * 1e12
+    cached = flops_by_part(run_conf(*only("head_cache")))["diffloss"] * 1e12
+    assert base == 256 * 6 * 2 * full_row
+    assert cached == per_image
