@@ -106,11 +106,18 @@ def compare(base_dir: Path, run_dirs: list[Path]) -> list[dict]:
     return rows
 
 
+def _distinct(overrides: list[str]) -> list[str]:
+    """Each run's overrides without those every run shares (the table shows what differs)."""
+    split = [o.split() for o in overrides]
+    common = set.intersection(*(set(s) for s in split)) if len(split) > 1 else set()
+    return [" ".join(o for o in s if o not in common) or "(shared settings)" for s in split]
+
+
 def markdown(rows: list[dict]) -> str:
     header = ["run", *[c[0] for c in COLUMNS], "FLOP speedup", "PSNR vs baseline (dB)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [row["overrides"]]
+    for row, name in zip(rows, _distinct([r["overrides"] for r in rows]), strict=True):
+        cells = [name]
         for _, key, fmt in COLUMNS:
             value = row["metrics"].get(key)
             cells.append(fmt.format(value) if value is not None else "–")

@@ -104,19 +104,21 @@ GRID_MAX_CLASS_ROWS = 20  # with at most this many classes the grid has one row 
 
 
 def image_grid(images: np.ndarray, max_images: int, labels: list[int] | None = None) -> np.ndarray:
-    """A grid of the first images, upscaled (nearest) when they are small.
+    """At most ``max_images`` images in a grid, upscaled (nearest) when they are small.
 
-    With few classes every row holds one class (ascending), so a person can check the conditioning;
-    otherwise the grid is near-square in sample order.
+    With few classes every row holds the first images of one class (ascending), so a person can check
+    the conditioning; otherwise the grid is near-square in sample order.
     """
-    images = images[:max_images]
-    n, h, w, _ = images.shape
-    classes = sorted(set(labels[:n])) if labels is not None else []
+    h, w = images.shape[1:3]
+    classes = sorted(set(labels)) if labels is not None else []
     if 0 < len(classes) <= GRID_MAX_CLASS_ROWS:
-        members = [[i for i in range(n) if labels[i] == c] for c in classes]
+        per_class = max(1, max_images // len(classes))
+        members = [[i for i, label in enumerate(labels) if label == c][:per_class] for c in classes]
         cells = [(r, c, i) for r, row in enumerate(members) for c, i in enumerate(row)]
         rows, cols = len(members), max(len(row) for row in members)
     else:
+        images = images[:max_images]
+        n = len(images)
         cols = math.ceil(math.sqrt(n))
         rows = math.ceil(n / cols)
         cells = [(*divmod(i, cols), i) for i in range(n)]

@@ -425,9 +425,8 @@ class LazyMARPolicy(CachePolicy):
                        temperature: float, cfg: float | torch.Tensor | None, diffusion: SpacedDiffusion,
                        ctx: StepContext) -> torch.Tensor:  # fmt: skip
         if not self.conf.head_cache:
-            self._count_head(
-                x_init.shape[0] * diffusion.num_timesteps, x_init.shape[0] * diffusion.num_timesteps
-            )
+            evals = x_init.shape[0] * diffusion.num_timesteps * (2 if cfg is not None else 1)
+            self._count_head(evals, evals)
             return super().diffusion_head(model, z, x_init, noise_fn, temperature, cfg, diffusion, ctx)
         c = self.conf
         net = model.diffloss.net

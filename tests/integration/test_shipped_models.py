@@ -61,6 +61,10 @@ def test_grid_rows_are_classes():
     assert grid.shape[:2] == (3 * 64, 2 * 64)
     cell = lambda r, c: int(grid[r * 64, c * 64, 0])  # noqa: E731
     assert [cell(0, 0), cell(0, 1), cell(1, 0), cell(2, 0), cell(2, 1)] == [10, 40, 20, 0, 30]
+    # a long run sorted by class: the grid still shows every class, the first images of each
+    small = image_grid(images, 3, labels=[0, 0, 1, 1, 2, 2])
+    assert small.shape[:2] == (3 * 64, 64)
+    assert [int(small[r * 64, 0, 0]) for r in range(3)] == [0, 20, 40]
 
 
 def test_quality_is_skipped_quietly_for_a_tiny_run_and_refused_when_insisted(tmp_path):
