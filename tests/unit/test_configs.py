@@ -17,9 +17,19 @@ MODELS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_presets_compose_and_validate(name):
     run = validate(compose_cfg(f"experiment={name}"))
-    model, steps = name.rsplit("_", 1)
-    assert run.model.name == model and run.sampler.num_iter == int(steps)
     assert run.task_name == name
+    if name.startswith("mar_"):  # the baseline rows: mar_<size>_<steps>, no cache
+        model, steps = name.rsplit("_", 1)
+        assert run.model.name == model and run.sampler.num_iter == int(steps) and run.cache.name == "none"
+    elif name.startswith("lazymar_") and name.split("_")[1] in ("b", "l", "h"):  # lazymar_<size>_<steps>
+        _, size, steps = name.split("_")
+        assert run.model.name == f"mar_{size}" and run.sampler.num_iter == int(steps)
+        assert run.cache.name == "lazymar" and run.cache.token_cache and run.cache.head_cache
+    elif name.startswith("lazymar_"):  # ablations and tiny presets
+        assert run.cache.name == "lazymar" and run.sampler.num_iter == 64
+        assert run.model.name == ("tiny_mar" if name in ("lazymar_tiny", "lazymar_sweep") else "mar_h")
+    if name.startswith("lazymar_strategy_"):
+        assert run.cache.strategy == name.removeprefix("lazymar_strategy_")
 
 
 @pytest.mark.parametrize("name", MODELS)
