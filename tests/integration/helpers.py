@@ -45,5 +45,10 @@ def compose_cfg(*overrides: str) -> DictConfig:
         return compose("config", overrides=list(overrides))
 
 
+def rel_err(a, b) -> float:
+    """Max absolute error relative to the reference's peak (official samples are large, |x| ~ 1e4)."""
+    return float((a - b).abs().max() / b.abs().max())
+
+
 def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())

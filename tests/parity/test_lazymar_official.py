@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import rel_err
 
 from lazygen.cache import CachePolicy
 from lazygen.cache.lazymar import LazyMARConf, LazyMARPolicy
@@ -12,10 +13,6 @@ from lazygen.models.mar import MAR, MARArch
 from lazygen.samplers import MARSampler, MARSamplerConf
 
 REL_TOL = 1e-4
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max())
 
 
 @pytest.fixture(scope="module")

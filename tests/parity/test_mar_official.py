@@ -5,16 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import rel_err
 
 from lazygen.models.mar import MAR, MARArch
 from lazygen.samplers import MARSampler, MARSamplerConf
 from lazygen.samplers.rng import OfficialRandom
 
 REL_TOL = 1e-5
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max())
 
 
 @pytest.fixture(scope="module")
