@@ -19,6 +19,7 @@ from lazygen.config import CacheConf, ModelConf, RunConf, SamplerConf, Tokenizer
 from lazygen.errors import ConfigError
 from lazygen.models.mar.mar import MAR
 from lazygen.models.pixel import PixelTokenizer
+from lazygen.samplers.halton import HaltonSampler, HaltonSamplerConf
 from lazygen.samplers.mar import MARSampler, MARSamplerConf
 from lazygen.weights import load_strict, read_state_dict, resolve_weight
 
@@ -75,8 +76,16 @@ def build_tokenizer(
     )
 
 
+# sampler name -> (class, its own config dataclass); the run's config carries the same field names
+SAMPLER_CLASSES: dict[str, tuple[type[MARSampler], type[MARSamplerConf]]] = {
+    "mar": (MARSampler, MARSamplerConf),
+    "halton": (HaltonSampler, HaltonSamplerConf),
+}
+
+
 def build_sampler(conf: SamplerConf) -> MARSampler:
-    return MARSampler(MARSamplerConf(**{f.name: getattr(conf, f.name) for f in fields(MARSamplerConf)}))
+    cls, schema = SAMPLER_CLASSES[conf.name]
+    return cls(schema(**{f.name: getattr(conf, f.name) for f in fields(schema)}))
 
 
 def build_policy(conf: CacheConf | LazyMARConf) -> CachePolicy:

@@ -16,11 +16,12 @@ from omegaconf.errors import OmegaConfBaseException
 from lazygen.cache.lazymar import LazyMARConf
 from lazygen.errors import ConfigError
 from lazygen.models.mar.mar import MARArch
+from lazygen.samplers.halton import HALTON_SCHEDULES
 from lazygen.samplers.mar import CFG_SCHEDULES
 from lazygen.samplers.rng import RNG_PROTOCOLS
 
 MODEL_FAMILIES = ("mar",)
-SAMPLERS = ("mar",)
+SAMPLERS = ("mar", "halton")
 CACHE_POLICIES = ("none", "lazymar")
 TOKENIZERS = ("kl16", "pixel")
 LOGGERS = ("wandb", "csv", "none")
@@ -76,6 +77,19 @@ class SamplerConf:
     temperature: float = 1.0
     diffusion_steps: int | None = None
     rng: str = "per_sample"
+
+
+@dataclass
+class HaltonConf(SamplerConf):
+    """``sampler=halton``: MAR's sampler with the Halton reveal order."""
+
+    name: str = "halton"
+    randomize: bool = True
+    schedule: str = "cosine"
+
+
+# The schema of each sampler's config group, chosen by its ``name``.
+SAMPLER_SCHEMAS: dict[str, type] = {"mar": SamplerConf, "halton": HaltonConf}
 
 
 @dataclass
@@ -161,7 +175,7 @@ class RunConf:
     """The validated, typed view of one run's configuration."""
 
     model: ModelConf
-    sampler: SamplerConf
+    sampler: SamplerConf | HaltonConf
     cache: CacheConf | LazyMARConf
     hardware: HardwareConf
     data: DataConf
@@ -208,12 +222,14 @@ def typed_group(group: str, schema: type, node: Any) -> Any:
 
 
 def _schema(group: str, default: type, node: Any) -> type:
-    """The dataclass of a group; the cache group's depends on the policy it names."""
-    if group != "cache":
+    """The dataclass of a group; the sampler's and the cache's depend on the name they give."""
+    schemas = {"sampler": SAMPLER_SCHEMAS, "cache": CACHE_SCHEMAS}.get(group)
+    if schemas is None:
         return default
-    name = node.get("name", "none") if isinstance(node, DictConfig | dict) else "none"
-    _one_of("cache.name", name, CACHE_POLICIES)
-    return CACHE_SCHEMAS[name]
+    fallback = default().name
+    name = node.get("name", fallback) if isinstance(node, DictConfig | dict) else fallback
+    _one_of(f"{group}.name", name, tuple(schemas))
+    return schemas[name]
 
 
 def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -256,6 +272,8 @@ def _validate_values(run: RunConf) -> None:
     if isinstance(run.cache, LazyMARConf):
         run.cache.check(cfg_on=s.cfg != 1.0, decoder_depth=m.arch.decoder_depth, model_family=m.family)
     _one_of("sampler.cfg_schedule", s.cfg_schedule, CFG_SCHEDULES)
+    if isinstance(s, HaltonConf):
+        _one_of("sampler.schedule", s.schedule, HALTON_SCHEDULES)
     _one_of("sampler.rng", s.rng, RNG_PROTOCOLS)
     _one_of("logger.kind", run.logger.kind, LOGGERS)
     _one_of("logger.mode", run.logger.mode, WANDB_MODES)

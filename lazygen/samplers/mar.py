@@ -73,7 +73,14 @@ class MARSampler:
         return self._diffusion[steps, x0_range]
 
     def schedule(self, seq_len: int) -> list[int]:
+        """Tokens still unknown after each step; the last entry is 0."""
         return mask_schedule(seq_len, self.conf.num_iter)
+
+    def token_orders(
+        self, random: RandomSource, batch: int, seq_len: int, device: torch.device
+    ) -> torch.Tensor:
+        """(B, L) positions per image; the *last* entries are predicted first (MAR's convention)."""
+        return random.orders(batch, seq_len, device)
 
     def cfg_for(self, seq_len: int, mask_len: int) -> float | torch.Tensor | None:
         """The guidance scale of a step, or None when CFG is off."""
@@ -104,7 +111,7 @@ class MARSampler:
         cfg_on = self.conf.cfg != 1.0
         policy.reset(batch)
 
-        orders = random.orders(batch, seq_len, device)
+        orders = self.token_orders(random, batch, seq_len, device)
         tokens = torch.zeros(batch, seq_len, channels, device=device)
         cond = model.class_condition(labels, batch)
         if cfg_on:

@@ -23,6 +23,10 @@ class RandomSource:
     def orders(self, batch: int, seq_len: int, device: torch.device) -> torch.Tensor:
         raise NotImplementedError
 
+    def offsets(self, batch: int, high: int) -> list[int]:
+        """One uniform integer in [0, high) per image (e.g. a random roll of a fixed order)."""
+        raise NotImplementedError
+
     def initial_noise(self, per_image: int, channels: int, device: torch.device) -> torch.Tensor:
         """Start of the diffusion chain for ``per_image`` rows of every image, image-major: (B*n, C)."""
         raise NotImplementedError
@@ -47,6 +51,9 @@ class OfficialRandom(RandomSource):
             rows.append(order)
         return torch.from_numpy(np.stack(rows)).long().to(device)
 
+    def offsets(self, batch: int, high: int) -> list[int]:
+        return [int(np.random.randint(high)) for _ in range(batch)]
+
     def initial_noise(self, per_image: int, channels: int, device: torch.device) -> torch.Tensor:
         return torch.randn(self.batch * per_image, channels).to(device)
 
@@ -68,6 +75,9 @@ class PerSampleRandom(RandomSource):
 
     def orders(self, batch: int, seq_len: int, device: torch.device) -> torch.Tensor:
         return torch.stack([torch.randperm(seq_len, generator=g) for g in self.generators]).to(device)
+
+    def offsets(self, batch: int, high: int) -> list[int]:
+        return [int(torch.randint(high, (1,), generator=g)) for g in self.generators]
 
     def _draw(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """One draw of ``shape`` from every sample's generator, stacked: (B, *shape)."""
