@@ -19,6 +19,7 @@ from lazygen.config import CacheConf, ModelConf, RunConf, SamplerConf, Tokenizer
 from lazygen.errors import ConfigError
 from lazygen.models.mar.mar import MAR
 from lazygen.models.pixel import PixelTokenizer
+from lazygen.samplers.disa import DiSASampler, DiSASamplerConf
 from lazygen.samplers.halton import HaltonSampler, HaltonSamplerConf
 from lazygen.samplers.mar import MARSampler, MARSamplerConf
 from lazygen.weights import load_strict, read_state_dict, resolve_weight
@@ -80,6 +81,7 @@ def build_tokenizer(
 SAMPLER_CLASSES: dict[str, tuple[type[MARSampler], type[MARSamplerConf]]] = {
     "mar": (MARSampler, MARSamplerConf),
     "halton": (HaltonSampler, HaltonSamplerConf),
+    "disa": (DiSASampler, DiSASamplerConf),
 }
 
 

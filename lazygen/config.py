@@ -16,18 +16,20 @@ from omegaconf.errors import OmegaConfBaseException
 from lazygen.cache.lazymar import LazyMARConf
 from lazygen.errors import ConfigError
 from lazygen.models.mar.mar import MARArch
+from lazygen.samplers.disa import ANNEALING
 from lazygen.samplers.halton import HALTON_SCHEDULES
 from lazygen.samplers.mar import CFG_SCHEDULES
 from lazygen.samplers.rng import RNG_PROTOCOLS
 
 MODEL_FAMILIES = ("mar",)
-SAMPLERS = ("mar", "halton")
+SAMPLERS = ("mar", "halton", "disa")
 CACHE_POLICIES = ("none", "lazymar")
 TOKENIZERS = ("kl16", "pixel")
 LOGGERS = ("wandb", "csv", "none")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 FLOP_MODES = ("auto", "meta", "real")
 MIN_DIFFUSION_STEPS = 2
+MAX_DIFFUSION_STEPS = 1000  # the training chain
 
 
 @dataclass
@@ -88,8 +90,19 @@ class HaltonConf(SamplerConf):
     schedule: str = "cosine"
 
 
+@dataclass
+class DiSAConf(SamplerConf):
+    """``sampler=disa``: MAR's sampler with diffusion steps annealed over the AR steps."""
+
+    name: str = "disa"
+    upper: int = 50
+    lower: int = 5
+    annealing: str = "linear"
+    max_timestep: int | None = 950
+
+
 # The schema of each sampler's config group, chosen by its ``name``.
-SAMPLER_SCHEMAS: dict[str, type] = {"mar": SamplerConf, "halton": HaltonConf}
+SAMPLER_SCHEMAS: dict[str, type] = {"mar": SamplerConf, "halton": HaltonConf, "disa": DiSAConf}
 
 
 @dataclass
@@ -175,7 +188,7 @@ class RunConf:
     """The validated, typed view of one run's configuration."""
 
     model: ModelConf
-    sampler: SamplerConf | HaltonConf
+    sampler: SamplerConf | HaltonConf | DiSAConf
     cache: CacheConf | LazyMARConf
     hardware: HardwareConf
     data: DataConf
@@ -274,6 +287,17 @@ def _validate_values(run: RunConf) -> None:
     _one_of("sampler.cfg_schedule", s.cfg_schedule, CFG_SCHEDULES)
     if isinstance(s, HaltonConf):
         _one_of("sampler.schedule", s.schedule, HALTON_SCHEDULES)
+    if isinstance(s, DiSAConf):
+        _one_of("sampler.annealing", s.annealing, ANNEALING)
+        _check(s.diffusion_steps is None,
+               f"sampler.diffusion_steps={s.diffusion_steps} does not apply to sampler=disa, which picks the "
+               "diffusion steps of each AR step between sampler.upper and sampler.lower; leave it null.")  # fmt: skip
+        _check(MIN_DIFFUSION_STEPS <= s.lower <= s.upper <= MAX_DIFFUSION_STEPS,
+               f"sampler.lower={s.lower} and sampler.upper={s.upper} must satisfy {MIN_DIFFUSION_STEPS} <= lower "
+               f"<= upper <= {MAX_DIFFUSION_STEPS} (DiSA's default: 5 and 50).")  # fmt: skip
+        _check(s.max_timestep is None or 0 < s.max_timestep < MAX_DIFFUSION_STEPS,
+               f"sampler.max_timestep={s.max_timestep} must be a training timestep below "
+               f"{MAX_DIFFUSION_STEPS} (DiSA: 950), or null for no clipping.")  # fmt: skip
     _one_of("sampler.rng", s.rng, RNG_PROTOCOLS)
     _one_of("logger.kind", run.logger.kind, LOGGERS)
     _one_of("logger.mode", run.logger.mode, WANDB_MODES)
@@ -297,7 +321,7 @@ def _validate_values(run: RunConf) -> None:
         f"{a.seq_len} steps. Set sampler.num_iter to a value in that range (64 is the usual choice).",
     )
     _check(s.temperature > 0, f"sampler.temperature={s.temperature} must be positive (1.0 is the default).")
-    _check(s.diffusion_steps is None or MIN_DIFFUSION_STEPS <= s.diffusion_steps <= 1000,
+    _check(s.diffusion_steps is None or MIN_DIFFUSION_STEPS <= s.diffusion_steps <= MAX_DIFFUSION_STEPS,
            f"sampler.diffusion_steps={s.diffusion_steps} must be between {MIN_DIFFUSION_STEPS} and 1000 (the "
            "learned variance needs two steps), or null for the model's default.")  # fmt: skip
     _check(d.num_images >= 1, f"data.num_images={d.num_images} must be at least 1.")

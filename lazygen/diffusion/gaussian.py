@@ -69,10 +69,14 @@ class SpacedDiffusion:
         num_sampling_steps: str | int,
         train_steps: int = TRAIN_TIMESTEPS,
         x0_range: tuple[float, float] | None = None,
+        max_timestep: int | None = None,
     ) -> None:
         self.x0_range = x0_range  # clamp predicted x0 while sampling (bounded data only)
         base_alphas_cumprod = np.cumprod(1.0 - cosine_betas(train_steps))
-        self.timestep_map = space_timesteps(train_steps, num_sampling_steps)
+        kept_steps = space_timesteps(train_steps, num_sampling_steps)
+        if max_timestep is not None:  # DiSA: the chain starts at max_timestep; clipped steps merge
+            kept_steps = sorted({min(t, max_timestep) for t in kept_steps})
+        self.timestep_map = kept_steps
         kept = set(self.timestep_map)
         betas, last = [], 1.0
         for i, acp in enumerate(base_alphas_cumprod):

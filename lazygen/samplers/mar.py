@@ -72,6 +72,10 @@ class MARSampler:
             self._diffusion[steps, x0_range] = SpacedDiffusion(str(steps), x0_range=x0_range)
         return self._diffusion[steps, x0_range]
 
+    def step_diffusion(self, model, step: int) -> SpacedDiffusion:
+        """The diffusion process of AR step ``step`` (the same for every step here)."""
+        return self.diffusion_for(model)
+
     def schedule(self, seq_len: int) -> list[int]:
         """Tokens still unknown after each step; the last entry is 0."""
         return mask_schedule(seq_len, self.conf.num_iter)
@@ -107,7 +111,6 @@ class MARSampler:
         random = random or make_random_source(self.conf.rng, seeds)
         device = labels.device
         seq_len, channels = model.seq_len, model.token_dim
-        diffusion = self.diffusion_for(model)
         cfg_on = self.conf.cfg != 1.0
         policy.reset(batch)
 
@@ -128,6 +131,7 @@ class MARSampler:
             z_pred = z.gather(1, pred_in.unsqueeze(-1).expand(-1, -1, z.shape[-1])).flatten(0, 1)
 
             n = predicted.shape[1]
+            diffusion = self.step_diffusion(model, step)
             x_init = random.initial_noise(n, channels, device)
             noise_fn = random.step_noise(n, channels, diffusion.num_timesteps, cfg_on)
             cfg = self.cfg_for(seq_len, mask_len)
