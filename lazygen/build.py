@@ -20,6 +20,7 @@ from lazygen.errors import ConfigError
 from lazygen.models.mar.mar import MAR
 from lazygen.models.pixel import PixelTokenizer
 from lazygen.samplers.disa import DiSASampler, DiSASamplerConf
+from lazygen.samplers.gtr import GtRSampler, GtRSamplerConf
 from lazygen.samplers.halton import HaltonSampler, HaltonSamplerConf
 from lazygen.samplers.mar import MARSampler, MARSamplerConf
 from lazygen.weights import load_strict, read_state_dict, resolve_weight
@@ -82,6 +83,7 @@ SAMPLER_CLASSES: dict[str, tuple[type[MARSampler], type[MARSamplerConf]]] = {
     "mar": (MARSampler, MARSamplerConf),
     "halton": (HaltonSampler, HaltonSamplerConf),
     "disa": (DiSASampler, DiSASamplerConf),
+    "gtr": (GtRSampler, GtRSamplerConf),
 }
 
 

@@ -17,12 +17,13 @@ from lazygen.cache.lazymar import LazyMARConf
 from lazygen.errors import ConfigError
 from lazygen.models.mar.mar import MARArch
 from lazygen.samplers.disa import ANNEALING
+from lazygen.samplers.gtr import BISECTIONS, partition
 from lazygen.samplers.halton import HALTON_SCHEDULES
 from lazygen.samplers.mar import CFG_SCHEDULES
 from lazygen.samplers.rng import RNG_PROTOCOLS
 
 MODEL_FAMILIES = ("mar",)
-SAMPLERS = ("mar", "halton", "disa")
+SAMPLERS = ("mar", "halton", "disa", "gtr")
 CACHE_POLICIES = ("none", "lazymar")
 TOKENIZERS = ("kl16", "pixel")
 LOGGERS = ("wandb", "csv", "none")
@@ -101,8 +102,26 @@ class DiSAConf(SamplerConf):
     max_timestep: int | None = 950
 
 
+@dataclass
+class GtRConf(SamplerConf):
+    """``sampler=gtr``: generation then reconstruction, with stage-aware diffusion steps."""
+
+    name: str = "gtr"
+    stages: int = 3
+    bisection: str = "diagonal"
+    stage_steps: list[int] = field(default_factory=lambda: [11, 3, 2])
+    t_max: int = 50
+    t_min: int = 20
+    t_rec: int = 20
+
+
 # The schema of each sampler's config group, chosen by its ``name``.
-SAMPLER_SCHEMAS: dict[str, type] = {"mar": SamplerConf, "halton": HaltonConf, "disa": DiSAConf}
+SAMPLER_SCHEMAS: dict[str, type] = {
+    "mar": SamplerConf,
+    "halton": HaltonConf,
+    "disa": DiSAConf,
+    "gtr": GtRConf,
+}
 
 
 @dataclass
@@ -188,7 +207,7 @@ class RunConf:
     """The validated, typed view of one run's configuration."""
 
     model: ModelConf
-    sampler: SamplerConf | HaltonConf | DiSAConf
+    sampler: SamplerConf | HaltonConf | DiSAConf | GtRConf
     cache: CacheConf | LazyMARConf
     hardware: HardwareConf
     data: DataConf
@@ -275,6 +294,27 @@ def validate(cfg: DictConfig) -> RunConf:
     return run
 
 
+def _validate_gtr(s: GtRConf, side: int) -> None:
+    _one_of("sampler.bisection", s.bisection, BISECTIONS)
+    _check(s.stages >= 2 and 2**(s.stages - 1) <= side * side,
+           f"sampler.stages={s.stages} must be at least 2 (generation, then reconstruction) and leave every "
+           "stage a cell of the grid.")  # fmt: skip
+    sizes = [len(cells) for cells in partition(side, s.stages, s.bisection)]
+    _check(len(s.stage_steps) == s.stages and all(1 <= n <= size for n, size in zip(s.stage_steps, sizes, strict=False)),
+           f"sampler.stage_steps={s.stage_steps} needs one step count per stage ({s.stages}), each between 1 and "
+           f"the stage's size {sizes}.")  # fmt: skip
+    _check(sum(s.stage_steps) == s.num_iter,
+           f"sampler.num_iter={s.num_iter} must equal the sum of sampler.stage_steps={s.stage_steps} "
+           f"({sum(s.stage_steps)}); set sampler.num_iter={sum(s.stage_steps)}.")  # fmt: skip
+    for key in ("t_max", "t_min", "t_rec"):
+        value = getattr(s, key)
+        _check(MIN_DIFFUSION_STEPS <= value <= MAX_DIFFUSION_STEPS,
+               f"sampler.{key}={value} must be between {MIN_DIFFUSION_STEPS} and {MAX_DIFFUSION_STEPS}.")  # fmt: skip
+    _check(s.diffusion_steps is None,
+           f"sampler.diffusion_steps={s.diffusion_steps} does not apply to sampler=gtr, whose diffusion steps "
+           "are stage-aware (sampler.t_max, t_min, t_rec); leave it null.")  # fmt: skip
+
+
 def _validate_values(run: RunConf) -> None:
     m, s, d = run.model, run.sampler, run.data
     _one_of("model.family", m.family, MODEL_FAMILIES)
@@ -287,6 +327,8 @@ def _validate_values(run: RunConf) -> None:
     _one_of("sampler.cfg_schedule", s.cfg_schedule, CFG_SCHEDULES)
     if isinstance(s, HaltonConf):
         _one_of("sampler.schedule", s.schedule, HALTON_SCHEDULES)
+    if isinstance(s, GtRConf):
+        _validate_gtr(s, m.arch.seq_h)
     if isinstance(s, DiSAConf):
         _one_of("sampler.annealing", s.annealing, ANNEALING)
         _check(s.diffusion_steps is None,

@@ -53,11 +53,4 @@ class DiSASampler(MARSampler):
         return annealed_steps(step, c.num_iter, c.upper, c.lower, c.annealing)
 
     def step_diffusion(self, model, step: int) -> SpacedDiffusion:
-        steps = self.steps_at(step)
-        x0_range = model.diffloss.gen_diffusion.x0_range
-        key = (steps, x0_range, self.conf.max_timestep)
-        if key not in self._diffusion:
-            self._diffusion[key] = SpacedDiffusion(
-                str(steps), x0_range=x0_range, max_timestep=self.conf.max_timestep
-            )
-        return self._diffusion[key]
+        return self.respaced(model, self.steps_at(step), self.conf.max_timestep)

@@ -63,14 +63,21 @@ class MARSampler:
         self.conf = conf
         self._diffusion: dict[tuple, SpacedDiffusion] = {}
 
+    def respaced(self, model, steps: int, max_timestep: int | None = None) -> SpacedDiffusion:
+        """The model's diffusion respaced to ``steps`` (built once per setting)."""
+        x0_range = model.diffloss.gen_diffusion.x0_range  # the model's data bounds carry over
+        key = (steps, x0_range, max_timestep)
+        if key not in self._diffusion:
+            self._diffusion[key] = SpacedDiffusion(str(steps), x0_range=x0_range, max_timestep=max_timestep)
+        return self._diffusion[key]
+
     def diffusion_for(self, model) -> SpacedDiffusion:
         steps = self.conf.diffusion_steps
-        if steps is None:
-            return model.diffloss.gen_diffusion
-        x0_range = model.diffloss.gen_diffusion.x0_range  # the model's data bounds carry over
-        if (steps, x0_range) not in self._diffusion:
-            self._diffusion[steps, x0_range] = SpacedDiffusion(str(steps), x0_range=x0_range)
-        return self._diffusion[steps, x0_range]
+        return model.diffloss.gen_diffusion if steps is None else self.respaced(model, steps)
+
+    def refresh_at(self, step: int) -> bool:
+        """Whether cache policies must recompute everything at this step (MAR: never forced)."""
+        return False
 
     def step_diffusion(self, model, step: int) -> SpacedDiffusion:
         """The diffusion process of AR step ``step`` (the same for every step here)."""
@@ -123,7 +130,7 @@ class MARSampler:
         for step, mask_len in enumerate(self.schedule(seq_len)):
             known = orders[:, remaining:].sort(dim=1).values
             predicted = orders[:, mask_len:remaining].sort(dim=1).values  # (B, n), ascending
-            ctx = StepContext(step, self.conf.num_iter, prev, predicted, cfg_on)
+            ctx = StepContext(step, self.conf.num_iter, prev, predicted, cfg_on, self.refresh_at(step))
             x_in = torch.cat([tokens, tokens]) if cfg_on else tokens
             known_in = torch.cat([known, known]) if cfg_on else known
             z = policy.transformer(model, x_in, model.visible_rows(known_in), cond, ctx)

@@ -1,0 +1,115 @@
+"""GtR, generation then reconstruction (reference/gtr_baselines.md §5), on MAR's sampler.
+
+The token grid is split into K stages by hierarchical checkerboard bisection: the reconstruction stage
+S_K is the odd cells ((i + j) mod 2 = 1), and the generation half is bisected again into S_{K-1} ... S_1,
+so early tokens are spread over the whole image. Stage k takes ``stage_steps[k]`` AR steps (near-equal
+counts, smaller first) in a random order inside the stage, per image. Diffusion steps are stage-aware:
+linear from ``t_max`` to ``t_min`` over the generation steps, ``t_rec`` on reconstruction steps. Cache
+policies are told to refresh at every stage start and on every reconstruction step. FTS (extra
+diffusion steps for high-frequency reconstruction tokens) is not implemented yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from lazygen.diffusion import SpacedDiffusion
+from lazygen.samplers.mar import MARSampler, MARSamplerConf
+from lazygen.samplers.rng import RandomSource
+
+BISECTIONS = ("diagonal", "lattice")
+
+
+def in_level(i: int, j: int, level: int, bisection: str) -> bool:
+    """Whether cell (i, j) is still unassigned after ``level`` bisections (the set R_level)."""
+    if bisection == "diagonal":  # R_k = {(i + j) mod 2^k = 0}: the literal reading of the paper
+        return (i + j) % (2**level) == 0
+    m, odd = divmod(level, 2)  # lattice: square and quincunx sub-lattices alternate
+    on_square = i % (2**m) == 0 and j % (2**m) == 0
+    return on_square and (not odd or ((i + j) // (2**m)) % 2 == 0)
+
+
+def partition(side: int, stages: int, bisection: str) -> list[list[int]]:
+    """Flat cell indices of S_1 .. S_K (S_K = the reconstruction half), each ascending."""
+    remaining = [(i, j) for i in range(side) for j in range(side)]
+    later: list[list[int]] = []
+    for level in range(1, stages):
+        keep = [c for c in remaining if in_level(*c, level, bisection)]
+        later.insert(0, [i * side + j for i, j in remaining if (i, j) not in set(keep)])
+        remaining = keep
+    return [[i * side + j for i, j in remaining], *later]
+
+
+def split_counts(size: int, steps: int) -> list[int]:
+    """``size`` tokens over ``steps`` steps: near-equal integers, the smaller counts first."""
+    base, extra = divmod(size, steps)
+    return [base] * (steps - extra) + [base + 1] * extra
+
+
+@dataclass
+class GtRSamplerConf(MARSamplerConf):
+    stages: int = 3  # K: K - 1 generation sub-stages, then reconstruction
+    bisection: str = "diagonal"  # diagonal ((i + j) mod 2^k, the paper's text) | lattice
+    stage_steps: list[int] = field(default_factory=lambda: [11, 3, 2])  # AR steps per stage; sum = num_iter
+    t_max: int = 50  # diffusion steps at the first generation step
+    t_min: int = 20  # ... at the last generation step
+    t_rec: int = 20  # on reconstruction steps
+
+
+class GtRSampler(MARSampler):
+    name = "gtr"
+
+    def __init__(self, conf: GtRSamplerConf) -> None:
+        super().__init__(conf)
+        self.conf: GtRSamplerConf = conf
+        self._stage_of_step = [k for k, n in enumerate(conf.stage_steps) for _ in range(n)]
+
+    def stages(self, seq_len: int) -> list[list[int]]:
+        side = int(round(seq_len**0.5))
+        if side * side != seq_len:
+            raise ValueError(f"GtR needs a square token grid, got {seq_len} tokens")
+        return partition(side, self.conf.stages, self.conf.bisection)
+
+    def counts(self, seq_len: int) -> list[int]:
+        """New tokens per AR step."""
+        sizes = [len(s) for s in self.stages(seq_len)]
+        return [
+            c for size, n in zip(sizes, self.conf.stage_steps, strict=True) for c in split_counts(size, n)
+        ]
+
+    def schedule(self, seq_len: int) -> list[int]:
+        remaining, out = seq_len, []
+        for count in self.counts(seq_len):
+            remaining -= count
+            out.append(remaining)
+        return out
+
+    def token_orders(
+        self, random: RandomSource, batch: int, seq_len: int, device: torch.device
+    ) -> torch.Tensor:
+        parts = []
+        for cells in self.stages(seq_len):  # a random order inside each stage, per image
+            perm = random.orders(batch, len(cells), device)
+            parts.append(torch.tensor(cells, device=device)[perm])
+        reveal = torch.cat(parts, dim=1)  # (B, L): S_1 first
+        return reveal.flip(1)  # MAR predicts the last entries of an order first
+
+    def refresh_at(self, step: int) -> bool:
+        stage = self._stage_of_step[step]
+        first_of_stage = step == 0 or self._stage_of_step[step - 1] != stage
+        return first_of_stage or stage == self.conf.stages - 1
+
+    def diffusion_steps_at(self, step: int) -> int:
+        """Stage-aware diffusion steps: linear t_max -> t_min over generation steps, then t_rec."""
+        c = self.conf
+        generation = sum(c.stage_steps[:-1])
+        if step >= generation:
+            return c.t_rec
+        if generation == 1:
+            return c.t_max
+        return round(c.t_max - (c.t_max - c.t_min) * step / (generation - 1))
+
+    def step_diffusion(self, model, step: int) -> SpacedDiffusion:
+        return self.respaced(model, self.diffusion_steps_at(step))

@@ -1,0 +1,114 @@
+"""sampler=gtr: stages, step and diffusion schedules, and its composition with cache policies."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import compose_cfg
+
+from lazygen.build import build_sampler
+from lazygen.cache.base import CachePolicy
+from lazygen.config import validate
+from lazygen.errors import ConfigError
+from lazygen.run import make_generator
+from lazygen.samplers.gtr import partition, split_counts
+
+TINY = ["model.init=random", "model.arch.encoder_embed_dim=32", "model.arch.decoder_embed_dim=32",
+        "model.arch.encoder_depth=2", "model.arch.decoder_depth=2", "model.arch.diffloss_d=2",
+        "model.arch.diffloss_w=32", "sampler=gtr", "sampler.t_max=6", "sampler.t_min=3", "sampler.t_rec=2"]  # fmt: skip
+
+
+def cells(indices: list[int]) -> set[tuple[int, int]]:
+    return {divmod(c, 16) for c in indices}
+
+
+@pytest.mark.parametrize("bisection", ["diagonal", "lattice"])
+@pytest.mark.parametrize(("stages", "sizes"), [(3, [64, 64, 128]), (4, [32, 32, 64, 128])])
+def test_stages_partition_the_grid_without_neighbours(bisection: str, stages: int, sizes: list[int]) -> None:
+    parts = partition(16, stages, bisection)
+    assert [len(p) for p in parts] == sizes
+    assert sorted(c for p in parts for c in p) == list(range(256))
+    assert cells(parts[-1]) == {(i, j) for i in range(16) for j in range(16) if (i + j) % 2 == 1}
+    for part in parts:  # no two tokens of a stage (so of any of its steps) share an edge
+        members = cells(part)
+        assert not any((i + 1, j) in members or (i, j + 1) in members for i, j in members)
+
+
+def test_bisection_variants_follow_their_rules() -> None:
+    diagonal, lattice = partition(16, 3, "diagonal"), partition(16, 3, "lattice")
+    assert cells(diagonal[0]) == {(i, j) for i in range(16) for j in range(16) if (i + j) % 4 == 0}
+    assert cells(lattice[0]) == {(i, j) for i in range(0, 16, 2) for j in range(0, 16, 2)}
+    assert cells(lattice[1]) == {(i, j) for i in range(1, 16, 2) for j in range(1, 16, 2)}
+
+
+def test_paper_literal_counts_and_diffusion_steps() -> None:
+    run = validate(compose_cfg("sampler=gtr", "sampler.stage_steps=[24,6,2]", "sampler.num_iter=32"))
+    sampler = build_sampler(run.sampler)
+    counts = sampler.counts(256)
+    assert (
+        counts[:24] == [2] * 8 + [3] * 16
+        and counts[24:30] == [10, 10, 11, 11, 11, 11]
+        and counts[30:] == [64, 64]
+    )
+    assert split_counts(64, 24) == counts[:24]
+    steps = [sampler.diffusion_steps_at(s) for s in range(32)]
+    assert steps == [round(50 - 30 * g / 29) for g in range(30)] + [20, 20]  # linear 50 -> 20, then t_rec
+    assert steps[0] == 50 and steps[23] == 26 and steps[24:] == [25, 24, 23, 22, 21, 20, 20, 20]
+    assert [s for s in range(32) if sampler.refresh_at(s)] == [0, 24, 30, 31]
+
+
+class Spy(CachePolicy):
+    def __init__(self) -> None:
+        super().__init__()
+        self.predicted, self.refresh, self.steps = [], [], []
+
+    def transformer(self, model, tokens, rows, cond, ctx):
+        self.predicted.append(ctx.predicted_now)
+        self.refresh.append(ctx.refresh)
+        return super().transformer(model, tokens, rows, cond, ctx)
+
+    def diffusion_head(self, model, z, x_init, noise_fn, temperature, cfg, diffusion, ctx):
+        self.steps.append(diffusion.num_timesteps)
+        return super().diffusion_head(model, z, x_init, noise_fn, temperature, cfg, diffusion, ctx)
+
+
+def test_sampling_follows_the_stages() -> None:
+    run = validate(compose_cfg(*TINY, "sampler.stage_steps=[3,2,1]", "sampler.num_iter=6"))
+    gen = make_generator(run)
+    spy = Spy()
+    out = gen.sampler.sample(gen.model, torch.tensor([1, 2]), [0, 1], spy)
+    assert torch.isfinite(out).all()
+    parts = [set(p) for p in partition(16, 3, "diagonal")]
+    stage_of_step = [0, 0, 0, 1, 1, 2]
+    for step, predicted in enumerate(spy.predicted):
+        assert predicted.shape[1] == gen.sampler.counts(256)[step]
+        for row in predicted.tolist():
+            assert set(row) <= parts[stage_of_step[step]]
+    for image in range(2):
+        assert sorted(torch.cat([p[image] for p in spy.predicted]).tolist()) == list(range(256))
+    assert spy.predicted[0][0].tolist() != spy.predicted[0][1].tolist()  # a random order per image
+    assert spy.refresh == [True, False, False, True, False, True]
+    # linear 6 -> 3 over the 5 generation steps of both sub-stages, then t_rec
+    assert spy.steps == [6, 5, 4, 4, 3, 2]
+
+
+def test_gtr_with_lazymar_refreshes_at_stage_starts() -> None:
+    run = validate(compose_cfg(*TINY, "sampler.stage_steps=[8,3,1]", "sampler.num_iter=12", "cache=lazymar",
+                               "cache.selection_layer=1", "cache.refresh_start=2", "cache.refresh_interval=20"))  # fmt: skip
+    gen = make_generator(run)
+    out = gen.sampler.sample(gen.model, torch.tensor([1, 2]), [0, 1], gen.policy)
+    assert torch.isfinite(out).all()
+    # full: steps 0, 1 (before refresh_start), 2 (the schedule), 8 (stage 2 starts), 11 (reconstruction)
+    assert gen.policy.stats.full_steps == 5 and gen.policy.stats.reused_steps == 7
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [(["sampler.stage_steps=[11,3,3]"], "must equal the sum"), (["sampler.stage_steps=[11,5]"], "one step count per stage"),
+     (["sampler.stage_steps=[70,3,2]", "sampler.num_iter=75"], "between 1 and the stage's size"),
+     (["sampler.bisection=spiral"], "sampler.bisection"), (["sampler.t_rec=1"], "sampler.t_rec=1"),
+     (["sampler.diffusion_steps=10"], "does not apply to sampler=gtr")],
+)  # fmt: skip
+def test_bad_gtr_settings_are_clear_errors(overrides: list[str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        validate(compose_cfg("sampler=gtr", *overrides))
