@@ -17,7 +17,7 @@ from lazygen.cache.lazymar import LazyMARConf
 from lazygen.errors import ConfigError
 from lazygen.models.mar.mar import MARArch
 from lazygen.samplers.disa import ANNEALING
-from lazygen.samplers.gtr import BISECTIONS, partition
+from lazygen.samplers.gtr import BISECTIONS, FTS_SELECTIONS, partition
 from lazygen.samplers.halton import HALTON_SCHEDULES
 from lazygen.samplers.mar import CFG_SCHEDULES
 from lazygen.samplers.rng import RNG_PROTOCOLS
@@ -113,6 +113,9 @@ class GtRConf(SamplerConf):
     t_max: int = 50
     t_min: int = 20
     t_rec: int = 20
+    fts_select: str = "high"
+    fts_fraction: float = 0.1
+    t_detail: int = 50
 
 
 # The schema of each sampler's config group, chosen by its ``name``.
@@ -306,7 +309,11 @@ def _validate_gtr(s: GtRConf, side: int) -> None:
     _check(sum(s.stage_steps) == s.num_iter,
            f"sampler.num_iter={s.num_iter} must equal the sum of sampler.stage_steps={s.stage_steps} "
            f"({sum(s.stage_steps)}); set sampler.num_iter={sum(s.stage_steps)}.")  # fmt: skip
-    for key in ("t_max", "t_min", "t_rec"):
+    _one_of("sampler.fts_select", s.fts_select, FTS_SELECTIONS)
+    _check(
+        0.0 <= s.fts_fraction <= 1.0, f"sampler.fts_fraction={s.fts_fraction} must be in [0, 1] (GtR: 0.1)."
+    )
+    for key in ("t_max", "t_min", "t_rec", "t_detail"):
         value = getattr(s, key)
         _check(MIN_DIFFUSION_STEPS <= value <= MAX_DIFFUSION_STEPS,
                f"sampler.{key}={value} must be between {MIN_DIFFUSION_STEPS} and {MAX_DIFFUSION_STEPS}.")  # fmt: skip

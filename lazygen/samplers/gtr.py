@@ -5,21 +5,34 @@ S_K is the odd cells ((i + j) mod 2 = 1), and the generation half is bisected ag
 so early tokens are spread over the whole image. Stage k takes ``stage_steps[k]`` AR steps (near-equal
 counts, smaller first) in a random order inside the stage, per image. Diffusion steps are stage-aware:
 linear from ``t_max`` to ``t_min`` over the generation steps, ``t_rec`` on reconstruction steps. Cache
-policies are told to refresh at every stage start and on every reconstruction step. FTS (extra
-diffusion steps for high-frequency reconstruction tokens) is not implemented yet.
+policies are told to refresh at every stage start and on every reconstruction step. FTS
+(frequency-weighted token selection) gives the reconstruction tokens whose conditioning vectors carry the
+most high-frequency energy ``t_detail`` diffusion steps instead of ``t_rec``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
+from lazygen.cache.base import CachePolicy, StepContext
 from lazygen.diffusion import SpacedDiffusion
 from lazygen.samplers.mar import MARSampler, MARSamplerConf
 from lazygen.samplers.rng import RandomSource
 
 BISECTIONS = ("diagonal", "lattice")
+FTS_SELECTIONS = ("high", "low", "random", "all", "none")  # high = GtR; the rest are its Table 4 ablations
+
+
+def frequency_scores(z: torch.Tensor) -> torch.Tensor:
+    """FTS importance (..., n) of conditioning vectors z (..., n, D): amplitude spectrum over channels,
+    bins 1..D/2 weighted linearly from about 1 to 2 (the DC bin left out)."""
+    half = z.shape[-1] // 2
+    amplitude = torch.fft.rfft(z.float(), dim=-1).abs()[..., 1 : half + 1]
+    weights = 1 + torch.arange(1, half + 1, device=z.device, dtype=amplitude.dtype) / half
+    return (amplitude * weights).sum(dim=-1)
 
 
 def in_level(i: int, j: int, level: int, bisection: str) -> bool:
@@ -56,6 +69,9 @@ class GtRSamplerConf(MARSamplerConf):
     t_max: int = 50  # diffusion steps at the first generation step
     t_min: int = 20  # ... at the last generation step
     t_rec: int = 20  # on reconstruction steps
+    fts_select: str = "high"  # which reconstruction tokens get t_detail (see FTS_SELECTIONS)
+    fts_fraction: float = 0.1  # share of each reconstruction step's tokens, per image (rounded up)
+    t_detail: int = 50
 
 
 class GtRSampler(MARSampler):
@@ -113,3 +129,40 @@ class GtRSampler(MARSampler):
 
     def step_diffusion(self, model, step: int) -> SpacedDiffusion:
         return self.respaced(model, self.diffusion_steps_at(step))
+
+    def detail_tokens(self, z_cond: torch.Tensor, random: RandomSource) -> torch.Tensor:
+        """Per image, the (B, m) ascending indices among a reconstruction step's n tokens that get t_detail."""
+        c = self.conf
+        batch, n = z_cond.shape[:2]
+        m = n if c.fts_select == "all" else 0 if c.fts_select == "none" else math.ceil(c.fts_fraction * n)
+        if c.fts_select == "random":
+            ranked = random.orders(batch, n, z_cond.device)
+        else:
+            ranked = frequency_scores(z_cond).argsort(dim=1, descending=c.fts_select != "low", stable=True)
+        return ranked[:, :m].sort(dim=1).values
+
+    def head_samples(
+        self, model, policy: CachePolicy, z: torch.Tensor, random: RandomSource, cfg, ctx: StepContext
+    ) -> torch.Tensor:
+        generation = sum(self.conf.stage_steps[:-1])
+        if ctx.step < generation:
+            return super().head_samples(model, policy, z, random, cfg, ctx)
+        batch, n, width = ctx.predicted_now.shape[0], z.shape[1], z.shape[2]
+        detail = self.detail_tokens(z[:batch], random)
+        m = detail.shape[1]
+        if m in (0, n):
+            steps = self.conf.t_detail if m else self.conf.t_rec
+            return self.run_head(model, policy, z, random, cfg, ctx, self.respaced(model, steps))
+        mask = torch.zeros(batch, n, dtype=torch.bool, device=z.device).scatter(1, detail, True)
+        rest = (~mask).nonzero()[:, 1].reshape(batch, n - m)  # ascending per image
+        out = torch.empty(batch, n, model.token_dim, device=z.device, dtype=z.dtype)
+        for index, steps in ((detail, self.conf.t_detail), (rest, self.conf.t_rec)):
+            rows = index.repeat(z.shape[0] // batch, 1)  # the uncond rows follow their cond rows
+            part = z.gather(1, rows.unsqueeze(-1).expand(-1, -1, width))
+            sampled = self.run_head(model, policy, part, random, cfg, ctx, self.respaced(model, steps))
+            out = out.scatter(
+                1,
+                index.unsqueeze(-1).expand(-1, -1, out.shape[-1]),
+                sampled.reshape(batch, -1, out.shape[-1]),
+            )
+        return out.flatten(0, 1)

@@ -79,6 +79,23 @@ class MARSampler:
         """Whether cache policies must recompute everything at this step (MAR: never forced)."""
         return False
 
+    def head_samples(
+        self, model, policy: CachePolicy, z: torch.Tensor, random: RandomSource, cfg, ctx: StepContext
+    ) -> torch.Tensor:
+        """Tokens (B * n, C) for the predicted rows' conditions z (B or 2B [cond; uncond], n, D)."""
+        return self.run_head(model, policy, z, random, cfg, ctx, self.step_diffusion(model, ctx.step))
+
+    def run_head(
+        self, model, policy, z, random, cfg, ctx: StepContext, diffusion: SpacedDiffusion
+    ) -> torch.Tensor:
+        """One diffusion-head call over every row of z (B or 2B, n, D) with one diffusion process."""
+        n, channels = z.shape[1], model.token_dim
+        x_init = random.initial_noise(n, channels, z.device)
+        noise_fn = random.step_noise(n, channels, diffusion.num_timesteps, cfg is not None)
+        return policy.diffusion_head(
+            model, z.flatten(0, 1), x_init, noise_fn, self.conf.temperature, cfg, diffusion, ctx
+        )
+
     def step_diffusion(self, model, step: int) -> SpacedDiffusion:
         """The diffusion process of AR step ``step`` (the same for every step here)."""
         return self.diffusion_for(model)
@@ -138,15 +155,10 @@ class MARSampler:
             z_pred = z.gather(1, pred_in.unsqueeze(-1).expand(-1, -1, z.shape[-1])).flatten(0, 1)
 
             n = predicted.shape[1]
-            diffusion = self.step_diffusion(model, step)
-            x_init = random.initial_noise(n, channels, device)
-            noise_fn = random.step_noise(n, channels, diffusion.num_timesteps, cfg_on)
             cfg = self.cfg_for(seq_len, mask_len)
             if isinstance(cfg, torch.Tensor):
                 cfg = cfg.to(device)
-            sampled = policy.diffusion_head(
-                model, z_pred, x_init, noise_fn, self.conf.temperature, cfg, diffusion, ctx
-            )
+            sampled = self.head_samples(model, policy, z_pred.reshape(-1, n, z.shape[-1]), random, cfg, ctx)
             tokens = tokens.scatter(
                 1, predicted.unsqueeze(-1).expand(-1, -1, channels), sampled.reshape(batch, n, channels)
             )

@@ -11,11 +11,12 @@ from lazygen.cache.base import CachePolicy
 from lazygen.config import validate
 from lazygen.errors import ConfigError
 from lazygen.run import make_generator
-from lazygen.samplers.gtr import partition, split_counts
+from lazygen.samplers.gtr import frequency_scores, partition, split_counts
+from lazygen.samplers.rng import PerSampleRandom
 
 TINY = ["model.init=random", "model.arch.encoder_embed_dim=32", "model.arch.decoder_embed_dim=32",
         "model.arch.encoder_depth=2", "model.arch.decoder_depth=2", "model.arch.diffloss_d=2",
-        "model.arch.diffloss_w=32", "sampler=gtr", "sampler.t_max=6", "sampler.t_min=3", "sampler.t_rec=2"]  # fmt: skip
+        "model.arch.diffloss_w=32", "sampler=gtr", "sampler.t_max=6", "sampler.t_min=3", "sampler.t_rec=2", "sampler.t_detail=5"]  # fmt: skip
 
 
 def cells(indices: list[int]) -> set[tuple[int, int]]:
@@ -60,7 +61,7 @@ def test_paper_literal_counts_and_diffusion_steps() -> None:
 class Spy(CachePolicy):
     def __init__(self) -> None:
         super().__init__()
-        self.predicted, self.refresh, self.steps = [], [], []
+        self.predicted, self.refresh, self.steps, self.rows = [], [], [], []
 
     def transformer(self, model, tokens, rows, cond, ctx):
         self.predicted.append(ctx.predicted_now)
@@ -69,6 +70,7 @@ class Spy(CachePolicy):
 
     def diffusion_head(self, model, z, x_init, noise_fn, temperature, cfg, diffusion, ctx):
         self.steps.append(diffusion.num_timesteps)
+        self.rows.append(x_init.shape[0])
         return super().diffusion_head(model, z, x_init, noise_fn, temperature, cfg, diffusion, ctx)
 
 
@@ -88,8 +90,37 @@ def test_sampling_follows_the_stages() -> None:
         assert sorted(torch.cat([p[image] for p in spy.predicted]).tolist()) == list(range(256))
     assert spy.predicted[0][0].tolist() != spy.predicted[0][1].tolist()  # a random order per image
     assert spy.refresh == [True, False, False, True, False, True]
-    # linear 6 -> 3 over the 5 generation steps of both sub-stages, then t_rec
-    assert spy.steps == [6, 5, 4, 4, 3, 2]
+    # linear 6 -> 3 over the 5 generation steps of both sub-stages; the reconstruction step makes two
+    # head calls: the FTS-selected 10% (13 of 128 per image) with t_detail, the rest with t_rec
+    assert spy.steps == [6, 5, 4, 4, 3, 5, 2]
+    assert spy.rows[-2:] == [2 * 13, 2 * 115]
+
+
+def test_frequency_scores_weigh_high_frequencies() -> None:
+    d = 16
+    constant, smooth = torch.ones(d), torch.cos(torch.arange(d) * 2 * torch.pi / d)
+    alternating = torch.tensor([1.0, -1.0] * (d // 2))
+    scores = frequency_scores(torch.stack([constant, smooth, alternating]))
+    assert scores[0] == pytest.approx(0, abs=1e-5)  # the DC bin is left out
+    # equal energy, but the alternating vector sits in the top bin (weight 2) and the smooth one in bin 1
+    assert scores[2] / scores[1] == pytest.approx(2 * d / (d / 2) / (1 + 1 / (d / 2)), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("select", "count"), [("high", 2), ("low", 2), ("random", 2), ("all", 12), ("none", 0)]
+)
+def test_fts_selections(select: str, count: int) -> None:
+    run = validate(compose_cfg("sampler=gtr", f"sampler.fts_select={select}", "sampler.fts_fraction=0.1"))
+    sampler = build_sampler(run.sampler)
+    z = torch.randn(3, 12, 16)
+    z[:, 5] = torch.tensor([4.0, -4.0] * 8)  # token 5: all energy in the highest frequency
+    z[:, 7] = 0.01  # token 7: nearly flat
+    chosen = sampler.detail_tokens(z, PerSampleRandom([0, 1, 2]))
+    assert chosen.shape == (3, count)
+    if select == "high":
+        assert (chosen == 5).any(dim=1).all()
+    if select == "low":
+        assert (chosen == 7).any(dim=1).all()
 
 
 def test_gtr_with_lazymar_refreshes_at_stage_starts() -> None:
@@ -107,7 +138,8 @@ def test_gtr_with_lazymar_refreshes_at_stage_starts() -> None:
     [(["sampler.stage_steps=[11,3,3]"], "must equal the sum"), (["sampler.stage_steps=[11,5]"], "one step count per stage"),
      (["sampler.stage_steps=[70,3,2]", "sampler.num_iter=75"], "between 1 and the stage's size"),
      (["sampler.bisection=spiral"], "sampler.bisection"), (["sampler.t_rec=1"], "sampler.t_rec=1"),
-     (["sampler.diffusion_steps=10"], "does not apply to sampler=gtr")],
+     (["sampler.diffusion_steps=10"], "does not apply to sampler=gtr"),
+     (["sampler.fts_select=mid"], "sampler.fts_select"), (["sampler.fts_fraction=2"], "fts_fraction=2.0")],
 )  # fmt: skip
 def test_bad_gtr_settings_are_clear_errors(overrides: list[str], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
