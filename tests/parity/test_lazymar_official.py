@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import rel_err
+from helpers import official_model, rel_err
 
 from lazygen.cache import CachePolicy
 from lazygen.cache.lazymar import LazyMARConf, LazyMARPolicy
-from lazygen.models.mar import MAR, MARArch
+from lazygen.models.mar import MAR
 from lazygen.samplers import MARSampler, MARSamplerConf
 
 REL_TOL = 1e-4
@@ -17,9 +17,7 @@ REL_TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def model(lazymar_fixture) -> MAR:
-    net = MAR(MARArch(**dict(lazymar_fixture["config"]))).eval()
-    net.load_state_dict(lazymar_fixture["state_dict"], strict=True)
-    return net
+    return official_model(lazymar_fixture)
 
 
 def official_run(fixture: dict, model: MAR, policy: CachePolicy) -> torch.Tensor:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import rel_err
+from helpers import official_model, rel_err
 
-from lazygen.models.mar import MAR, MARArch
+from lazygen.models.mar import MAR
 from lazygen.samplers import MARSampler, MARSamplerConf
 from lazygen.samplers.rng import OfficialRandom
 
@@ -16,9 +16,7 @@ REL_TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def model(mar_fixture) -> MAR:
-    net = MAR(MARArch(**dict(mar_fixture["config"]))).eval()
-    net.load_state_dict(mar_fixture["state_dict"], strict=True)
-    return net
+    return official_model(mar_fixture)
 
 
 def test_state_dict_keys_and_shapes_are_official(mar_fixture, model):
