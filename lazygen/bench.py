@@ -41,13 +41,15 @@ def generator_for(model: str, cache: str, num_iter: int, device: str, *overrides
 
         config_dir = str(files("lazygen.conf"))
     init = ["model.init=random"] if model.startswith("mar_") else []
+    # a row that picks its own sampler settings (e.g. sampler=gtr) keeps its own step count
+    steps = [] if any(o.startswith("sampler") for o in overrides) else [f"sampler.num_iter={num_iter}"]
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-        cfg = compose("config", overrides=[f"model={model}", f"cache={cache}",
-                                           f"sampler.num_iter={num_iter}", *init, *overrides])  # fmt: skip
+        cfg = compose("config", overrides=[f"model={model}", f"cache={cache}", *steps, *init, *overrides])
     return make_generator(validate(cfg), device)
 
 
-def flop_rows(models: list[str], caches: list[str], num_iter: int) -> dict:
+def flop_rows(models: list[str], caches: list[str], num_iter: int, extra: list[str] = ()) -> dict:
+    """FLOPs per image of each model under each cache policy, then under each ``extra`` override set."""
     rows: dict[str, dict] = {}
     for name in models:
         rows[name] = {}
@@ -72,6 +74,17 @@ def flop_rows(models: list[str], caches: list[str], num_iter: int) -> dict:
                     row["paper_speedup"] = PAPER_SPEEDUP[cache][name]
             rows[name][cache] = row
             print(json.dumps({"flops": {name: {cache: row}}}), flush=True)
+        for spec in extra:  # other samplers or settings, against the first cache's row
+            report = measure_flops(
+                lambda dev, m=name, o=tuple(spec.split()): generator_for(m, caches[0], num_iter, dev, *o),
+                torch.tensor([0]),
+                [0],
+                "meta",
+            )
+            row = {"tflops_per_img": round(report.tflops_per_img, 3),
+                   "flop_speedup": round(rows[name][caches[0]]["tflops_per_img"] / report.tflops_per_img, 3)}  # fmt: skip
+            rows[name][spec] = row
+            print(json.dumps({"flops": {name: {spec: row}}}), flush=True)
     return rows
 
 
@@ -106,6 +119,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(FLOP_MODELS), help="models whose FLOPs to count")
     parser.add_argument("--caches", nargs="+", default=["none", "lazymar"], help="first = the baseline")
     parser.add_argument("--num-iter", type=int, default=64)
+    parser.add_argument("--extra", nargs="*", default=[],
+                        help='more FLOP rows, each a quoted set of overrides, e.g. "sampler=gtr"')  # fmt: skip
     parser.add_argument("--latency-models", nargs="*", default=["tiny_mar", "mar_b"],
                         help="models to time on this CPU (none to skip)")  # fmt: skip
     parser.add_argument("--batch", type=int, default=20, help="batch of tiny models (MAR-B/L/H: 1 image)")
@@ -113,7 +128,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
     results = {"num_iter": args.num_iter}
-    results["flops"] = flop_rows(args.models, args.caches, args.num_iter)
+    results["flops"] = flop_rows(args.models, args.caches, args.num_iter, args.extra)
     results["latency"] = latency_rows(
         args.latency_models, args.caches, args.num_iter, args.batch, args.repeats
     )

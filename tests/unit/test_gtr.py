@@ -144,3 +144,14 @@ def test_gtr_with_lazymar_refreshes_at_stage_starts() -> None:
 def test_bad_gtr_settings_are_clear_errors(overrides: list[str], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         validate(compose_cfg("sampler=gtr", *overrides))
+
+
+def test_meta_flop_count_equals_a_real_count() -> None:
+    """FTS picks tokens by value, but its shapes are fixed: the meta-device count must stay exact."""
+    from lazygen.metrics.perf import measure_flops
+
+    run = validate(compose_cfg(*TINY, "sampler.stage_steps=[3,2,1]", "sampler.num_iter=6"))
+    labels, seeds = torch.tensor([1, 2]), [0, 1]
+    meta = measure_flops(lambda dev: make_generator(run, dev), labels, seeds, "meta")
+    real = measure_flops(lambda dev: make_generator(run, dev), labels, seeds, "real")
+    assert meta.device == "meta" and meta.tflops_per_img == real.tflops_per_img > 0
