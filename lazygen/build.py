@@ -81,6 +81,7 @@ def build_tokenizer(
 # sampler name -> (class, its own config dataclass); the run's config carries the same field names
 SAMPLER_CLASSES: dict[str, tuple[type[MARSampler], type[MARSamplerConf]]] = {
     "mar": (MARSampler, MARSamplerConf),
+    "steps": (MARSampler, MARSamplerConf),
     "halton": (HaltonSampler, HaltonSamplerConf),
     "disa": (DiSASampler, DiSASamplerConf),
     "gtr": (GtRSampler, GtRSamplerConf),

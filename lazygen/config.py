@@ -23,7 +23,7 @@ from lazygen.samplers.mar import CFG_SCHEDULES
 from lazygen.samplers.rng import RNG_PROTOCOLS
 
 MODEL_FAMILIES = ("mar",)
-SAMPLERS = ("mar", "halton", "disa", "gtr")
+SAMPLERS = ("mar", "steps", "halton", "disa", "gtr")
 CACHE_POLICIES = ("none", "lazymar")
 TOKENIZERS = ("kl16", "pixel")
 LOGGERS = ("wandb", "csv", "none")
@@ -121,6 +121,7 @@ class GtRConf(SamplerConf):
 # The schema of each sampler's config group, chosen by its ``name``.
 SAMPLER_SCHEMAS: dict[str, type] = {
     "mar": SamplerConf,
+    "steps": SamplerConf,  # MAR with fewer steps: the baseline of every acceleration table
     "halton": HaltonConf,
     "disa": DiSAConf,
     "gtr": GtRConf,

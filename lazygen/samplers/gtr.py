@@ -154,7 +154,9 @@ class GtRSampler(MARSampler):
             steps = self.conf.t_detail if m else self.conf.t_rec
             return self.run_head(model, policy, z, random, cfg, ctx, self.respaced(model, steps))
         mask = torch.zeros(batch, n, dtype=torch.bool, device=z.device).scatter(1, detail, True)
-        rest = mask.to(torch.uint8).argsort(dim=1, stable=True)[:, : n - m]  # the others, ascending (meta-safe)
+        rest = mask.to(torch.uint8).argsort(dim=1, stable=True)[
+            :, : n - m
+        ]  # the others, ascending (meta-safe)
         out = torch.empty(batch, n, model.token_dim, device=z.device, dtype=z.dtype)
         for index, steps in ((detail, self.conf.t_detail), (rest, self.conf.t_rec)):
             rows = index.repeat(z.shape[0] // batch, 1)  # the uncond rows follow their cond rows

@@ -83,3 +83,16 @@ def test_meta_flop_count_knows_the_steps_of_each_diffusion() -> None:
 def test_bad_disa_settings_are_clear_errors(override: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         validate(compose_cfg(*TINY, override))
+
+
+def test_steps_sampler_is_mar_with_fewer_steps() -> None:
+    from lazygen.build import build_sampler, is_accelerated
+    from lazygen.samplers.mar import MARSampler
+
+    run = validate(compose_cfg("sampler=steps"))
+    sampler = build_sampler(run.sampler)
+    assert type(sampler) is MARSampler and run.sampler.name == "steps" and sampler.conf.num_iter == 16
+    assert is_accelerated(run)
+    assert (
+        build_sampler(validate(compose_cfg("sampler=steps", "sampler.num_iter=8")).sampler).conf.num_iter == 8
+    )
