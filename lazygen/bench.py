@@ -18,10 +18,11 @@ from hydra import compose, initialize_config_dir
 
 from lazygen.build import build_sampler
 from lazygen.cli import CONFIG_PATH
-from lazygen.config import SamplerConf, validate
+from lazygen.config import validate
 from lazygen.lit.generation import Generator
 from lazygen.metrics.perf import measure_flops
 from lazygen.run import make_generator
+from lazygen.samplers.mar import MARSamplerConf
 
 # LazyMAR Table 1, 64 steps: TFLOPs per image of MAR and LazyMAR, and LazyMAR's speedup.
 PAPER_TFLOPS = {
@@ -98,7 +99,7 @@ def latency_rows(models: list[str], caches: list[str], num_iter: int, batch: int
             gen.model, gen.tokenizer = base_model, gens[caches[0]].tokenizer
         n = batch if not name.startswith("mar_") else 1
         labels, seeds = torch.arange(n) % base_model.arch.class_num, list(range(n))
-        warm_up = build_sampler(SamplerConf(num_iter=WARM_UP_STEPS, diffusion_steps=WARM_UP_STEPS))
+        warm_up = build_sampler(MARSamplerConf(num_iter=WARM_UP_STEPS, diffusion_steps=WARM_UP_STEPS))
         for gen in gens.values():  # untimed: first-call allocations and kernel selection
             Generator(gen.model, gen.tokenizer, warm_up, gen.policy).generate(labels, seeds)
         seconds = {cache: 0.0 for cache in caches}

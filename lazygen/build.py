@@ -7,7 +7,6 @@ large models without allocating or loading weights).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -15,13 +14,13 @@ from torch import nn
 
 from lazygen.cache.base import CachePolicy
 from lazygen.cache.lazymar import LazyMARConf, LazyMARPolicy
-from lazygen.config import CacheConf, ModelConf, RunConf, SamplerConf, TokenizerConf, WeightsConf
+from lazygen.config import CacheConf, ModelConf, RunConf, TokenizerConf, WeightsConf
 from lazygen.errors import ConfigError
 from lazygen.models.mar.mar import MAR
 from lazygen.models.pixel import PixelTokenizer
-from lazygen.samplers.disa import DiSASampler, DiSASamplerConf
-from lazygen.samplers.gtr import GtRSampler, GtRSamplerConf
-from lazygen.samplers.halton import HaltonSampler, HaltonSamplerConf
+from lazygen.samplers.disa import DiSASampler
+from lazygen.samplers.gtr import GtRSampler
+from lazygen.samplers.halton import HaltonSampler
 from lazygen.samplers.mar import MARSampler, MARSamplerConf
 from lazygen.weights import load_strict, read_state_dict, resolve_weight
 
@@ -78,19 +77,18 @@ def build_tokenizer(
     )
 
 
-# sampler name -> (class, its own config dataclass); the run's config carries the same field names
-SAMPLER_CLASSES: dict[str, tuple[type[MARSampler], type[MARSamplerConf]]] = {
-    "mar": (MARSampler, MARSamplerConf),
-    "steps": (MARSampler, MARSamplerConf),
-    "halton": (HaltonSampler, HaltonSamplerConf),
-    "disa": (DiSASampler, DiSASamplerConf),
-    "gtr": (GtRSampler, GtRSamplerConf),
+# sampler name -> class; the validated config is already the sampler's own config dataclass
+SAMPLER_CLASSES: dict[str, type[MARSampler]] = {
+    "mar": MARSampler,
+    "steps": MARSampler,
+    "halton": HaltonSampler,
+    "disa": DiSASampler,
+    "gtr": GtRSampler,
 }
 
 
-def build_sampler(conf: SamplerConf) -> MARSampler:
-    cls, schema = SAMPLER_CLASSES[conf.name]
-    return cls(schema(**{f.name: getattr(conf, f.name) for f in fields(schema)}))
+def build_sampler(conf: MARSamplerConf) -> MARSampler:
+    return SAMPLER_CLASSES[conf.name](conf)
 
 
 def build_policy(conf: CacheConf | LazyMARConf) -> CachePolicy:
@@ -101,10 +99,10 @@ def build_policy(conf: CacheConf | LazyMARConf) -> CachePolicy:
     raise ConfigError(f"cache={conf.name!r} is not implemented; available: none, lazymar.")
 
 
-def baseline_sampler_conf(run: RunConf) -> SamplerConf:
+def baseline_sampler_conf(run: RunConf) -> MARSamplerConf:
     """The model's own sampler at its default steps, with the run's guidance, temperature and RNG."""
     s = run.sampler
-    return SamplerConf(
+    return MARSamplerConf(
         name="mar",
         num_iter=run.model.default_num_iter,
         cfg=s.cfg,

@@ -16,10 +16,10 @@ from omegaconf.errors import OmegaConfBaseException
 from lazygen.cache.lazymar import LazyMARConf
 from lazygen.errors import ConfigError
 from lazygen.models.mar.mar import MARArch
-from lazygen.samplers.disa import ANNEALING
-from lazygen.samplers.gtr import BISECTIONS, FTS_SELECTIONS, partition
-from lazygen.samplers.halton import HALTON_SCHEDULES
-from lazygen.samplers.mar import CFG_SCHEDULES
+from lazygen.samplers.disa import ANNEALING, DiSASamplerConf
+from lazygen.samplers.gtr import BISECTIONS, FTS_SELECTIONS, GtRSamplerConf, partition
+from lazygen.samplers.halton import HALTON_SCHEDULES, HaltonSamplerConf
+from lazygen.samplers.mar import CFG_SCHEDULES, MARSamplerConf
 from lazygen.samplers.rng import RNG_PROTOCOLS
 
 MODEL_FAMILIES = ("mar",)
@@ -71,60 +71,14 @@ class ModelConf:
     evaluator: EvaluatorConf = field(default_factory=EvaluatorConf)
 
 
-@dataclass
-class SamplerConf:
-    name: str = "mar"
-    num_iter: int = 64
-    cfg: float = 3.0
-    cfg_schedule: str = "linear"
-    temperature: float = 1.0
-    diffusion_steps: int | None = None
-    rng: str = "per_sample"
-
-
-@dataclass
-class HaltonConf(SamplerConf):
-    """``sampler=halton``: MAR's sampler with the Halton reveal order."""
-
-    name: str = "halton"
-    randomize: bool = True
-    schedule: str = "cosine"
-
-
-@dataclass
-class DiSAConf(SamplerConf):
-    """``sampler=disa``: MAR's sampler with diffusion steps annealed over the AR steps."""
-
-    name: str = "disa"
-    upper: int = 50
-    lower: int = 5
-    annealing: str = "linear"
-    max_timestep: int | None = 950
-
-
-@dataclass
-class GtRConf(SamplerConf):
-    """``sampler=gtr``: generation then reconstruction, with stage-aware diffusion steps."""
-
-    name: str = "gtr"
-    stages: int = 3
-    bisection: str = "diagonal"
-    stage_steps: list[int] = field(default_factory=lambda: [11, 3, 2])
-    t_max: int = 50
-    t_min: int = 20
-    t_rec: int = 20
-    fts_select: str = "high"
-    fts_fraction: float = 0.1
-    t_detail: int = 50
-
-
 # The schema of each sampler's config group, chosen by its ``name``.
-SAMPLER_SCHEMAS: dict[str, type] = {
-    "mar": SamplerConf,
-    "steps": SamplerConf,  # MAR with fewer steps: the baseline of every acceleration table
-    "halton": HaltonConf,
-    "disa": DiSAConf,
-    "gtr": GtRConf,
+# Each sampler's own config dataclass is the schema (``name`` included).
+SAMPLER_SCHEMAS: dict[str, type[MARSamplerConf]] = {
+    "mar": MARSamplerConf,
+    "steps": MARSamplerConf,  # MAR with fewer steps: the baseline of every acceleration table
+    "halton": HaltonSamplerConf,
+    "disa": DiSASamplerConf,
+    "gtr": GtRSamplerConf,
 }
 
 
@@ -211,7 +165,7 @@ class RunConf:
     """The validated, typed view of one run's configuration."""
 
     model: ModelConf
-    sampler: SamplerConf | HaltonConf | DiSAConf | GtRConf
+    sampler: MARSamplerConf | HaltonSamplerConf | DiSASamplerConf | GtRSamplerConf
     cache: CacheConf | LazyMARConf
     hardware: HardwareConf
     data: DataConf
@@ -226,7 +180,7 @@ class RunConf:
 
 GROUPS: dict[str, type] = {
     "model": ModelConf,
-    "sampler": SamplerConf,
+    "sampler": MARSamplerConf,
     "cache": CacheConf,
     "hardware": HardwareConf,
     "data": DataConf,
@@ -298,7 +252,7 @@ def validate(cfg: DictConfig) -> RunConf:
     return run
 
 
-def _validate_gtr(s: GtRConf, side: int) -> None:
+def _validate_gtr(s: GtRSamplerConf, side: int) -> None:
     _one_of("sampler.bisection", s.bisection, BISECTIONS)
     _check(s.stages >= 2 and 2**(s.stages - 1) <= side * side,
            f"sampler.stages={s.stages} must be at least 2 (generation, then reconstruction) and leave every "
@@ -333,11 +287,11 @@ def _validate_values(run: RunConf) -> None:
     if isinstance(run.cache, LazyMARConf):
         run.cache.check(cfg_on=s.cfg != 1.0, decoder_depth=m.arch.decoder_depth, model_family=m.family)
     _one_of("sampler.cfg_schedule", s.cfg_schedule, CFG_SCHEDULES)
-    if isinstance(s, HaltonConf):
+    if isinstance(s, HaltonSamplerConf):
         _one_of("sampler.schedule", s.schedule, HALTON_SCHEDULES)
-    if isinstance(s, GtRConf):
+    if isinstance(s, GtRSamplerConf):
         _validate_gtr(s, m.arch.seq_h)
-    if isinstance(s, DiSAConf):
+    if isinstance(s, DiSASamplerConf):
         _one_of("sampler.annealing", s.annealing, ANNEALING)
         _check(s.diffusion_steps is None,
                f"sampler.diffusion_steps={s.diffusion_steps} does not apply to sampler=disa, which picks the "

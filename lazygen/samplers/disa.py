@@ -35,6 +35,7 @@ def annealed_steps(step: int, num_iter: int, upper: int, lower: int, annealing: 
 
 @dataclass
 class DiSASamplerConf(MARSamplerConf):
+    name: str = "disa"
     upper: int = 50  # diffusion steps at the first AR step
     lower: int = 5  # ... and at the last
     annealing: str = "linear"

@@ -63,6 +63,7 @@ def split_counts(size: int, steps: int) -> list[int]:
 
 @dataclass
 class GtRSamplerConf(MARSamplerConf):
+    name: str = "gtr"
     stages: int = 3  # K: K - 1 generation sub-stages, then reconstruction
     bisection: str = "diagonal"  # diagonal ((i + j) mod 2^k, the paper's text) | lattice
     stage_steps: list[int] = field(default_factory=lambda: [11, 3, 2])  # AR steps per stage; sum = num_iter

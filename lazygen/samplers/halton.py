@@ -58,6 +58,7 @@ def arccos_schedule(seq_len: int, num_iter: int) -> list[int]:
 
 @dataclass
 class HaltonSamplerConf(MARSamplerConf):
+    name: str = "halton"
     randomize: bool = True  # roll the order by a random offset per image
     schedule: str = "cosine"  # cosine (MAR's counts) | arccos (Halton-MaskGIT's)
 

@@ -45,6 +45,9 @@ def linear_cfg(cfg: float, seq_len: int, mask_len: int) -> torch.Tensor:
 
 @dataclass
 class MARSamplerConf:
+    """MAR's sampler settings; also the ``sampler`` config group's schema (other samplers subclass it)."""
+
+    name: str = "mar"  # the config option: mar, or steps (MAR with fewer steps under its own name)
     num_iter: int = 64
     cfg: float = 3.0
     cfg_schedule: str = "linear"
