@@ -22,10 +22,8 @@ import yaml
 
 from lazygen.errors import LazygenError
 from lazygen.metrics.quality import psnr
+from lazygen.run import METRICS_FILE, NPZ_FILE, PSNR_CAP_DB
 
-METRICS_FILE = "metrics.json"
-SAMPLES_FILE = "samples.npz"
-PSNR_CAP_DB = 100.0  # identical images count as 100 dB so averages stay finite
 COLUMNS = (  # (header, metrics key, format)
     ("TFLOPs/img", "flops/tflops_per_img", "{:.4f}"),
     ("FID", "quality/fid", "{:.1f}"),
@@ -72,9 +70,9 @@ def _overrides(run_dir: Path) -> str:
 
 
 def _samples(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    path = run_dir / SAMPLES_FILE
+    path = run_dir / NPZ_FILE
     if not path.exists():
-        raise LazygenError(f"{run_dir} has no {SAMPLES_FILE}; rerun it with callbacks.save_npz=true.")
+        raise LazygenError(f"{run_dir} has no {NPZ_FILE}; rerun it with callbacks.save_npz=true.")
     data = np.load(path)
     return data["arr_0"], data["labels"]
 

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lazygen.cache.lazymar import LazyMARConf
-from lazygen.errors import ConfigError
+from lazygen.errors import ConfigError, require, require_one_of
 from lazygen.models.mar.mar import MARArch
 from lazygen.samplers.disa import ANNEALING, DiSASamplerConf
 from lazygen.samplers.gtr import BISECTIONS, FTS_SELECTIONS, GtRSamplerConf, partition
@@ -218,18 +218,8 @@ def _schema(group: str, default: type, node: Any) -> type:
         return default
     fallback = default().name
     name = node.get("name", fallback) if isinstance(node, DictConfig | dict) else fallback
-    _one_of(f"{group}.name", name, tuple(schemas))
+    require_one_of(f"{group}.name", name, tuple(schemas))
     return schemas[name]
-
-
-def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not supported; choose one of: {', '.join(map(str, allowed))}.")
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
 
 
 def validate(cfg: DictConfig) -> RunConf:
@@ -253,93 +243,93 @@ def validate(cfg: DictConfig) -> RunConf:
 
 
 def _validate_gtr(s: GtRSamplerConf, side: int) -> None:
-    _one_of("sampler.bisection", s.bisection, BISECTIONS)
-    _check(s.stages >= 2 and 2**(s.stages - 1) <= side * side,
+    require_one_of("sampler.bisection", s.bisection, BISECTIONS)
+    require(s.stages >= 2 and 2**(s.stages - 1) <= side * side,
            f"sampler.stages={s.stages} must be at least 2 (generation, then reconstruction) and leave every "
            "stage a cell of the grid.")  # fmt: skip
     sizes = [len(cells) for cells in partition(side, s.stages, s.bisection)]
-    _check(len(s.stage_steps) == s.stages and all(1 <= n <= size for n, size in zip(s.stage_steps, sizes, strict=False)),
+    require(len(s.stage_steps) == s.stages and all(1 <= n <= size for n, size in zip(s.stage_steps, sizes, strict=False)),
            f"sampler.stage_steps={s.stage_steps} needs one step count per stage ({s.stages}), each between 1 and "
            f"the stage's size {sizes}.")  # fmt: skip
-    _check(sum(s.stage_steps) == s.num_iter,
+    require(sum(s.stage_steps) == s.num_iter,
            f"sampler.num_iter={s.num_iter} must equal the sum of sampler.stage_steps={s.stage_steps} "
            f"({sum(s.stage_steps)}); set sampler.num_iter={sum(s.stage_steps)}.")  # fmt: skip
-    _one_of("sampler.fts_select", s.fts_select, FTS_SELECTIONS)
-    _check(
+    require_one_of("sampler.fts_select", s.fts_select, FTS_SELECTIONS)
+    require(
         0.0 <= s.fts_fraction <= 1.0, f"sampler.fts_fraction={s.fts_fraction} must be in [0, 1] (GtR: 0.1)."
     )
     for key in ("t_max", "t_min", "t_rec", "t_detail"):
         value = getattr(s, key)
-        _check(MIN_DIFFUSION_STEPS <= value <= MAX_DIFFUSION_STEPS,
+        require(MIN_DIFFUSION_STEPS <= value <= MAX_DIFFUSION_STEPS,
                f"sampler.{key}={value} must be between {MIN_DIFFUSION_STEPS} and {MAX_DIFFUSION_STEPS}.")  # fmt: skip
-    _check(s.diffusion_steps is None,
+    require(s.diffusion_steps is None,
            f"sampler.diffusion_steps={s.diffusion_steps} does not apply to sampler=gtr, whose diffusion steps "
            "are stage-aware (sampler.t_max, t_min, t_rec); leave it null.")  # fmt: skip
 
 
 def _validate_values(run: RunConf) -> None:
     m, s, d = run.model, run.sampler, run.data
-    _one_of("model.family", m.family, MODEL_FAMILIES)
-    _one_of("model.init", m.init, ("pretrained", "random"))
-    _one_of("model.tokenizer.kind", m.tokenizer.kind, TOKENIZERS)
-    _one_of("sampler.name", s.name, SAMPLERS)
-    _one_of("cache.name", run.cache.name, CACHE_POLICIES)
+    require_one_of("model.family", m.family, MODEL_FAMILIES)
+    require_one_of("model.init", m.init, ("pretrained", "random"))
+    require_one_of("model.tokenizer.kind", m.tokenizer.kind, TOKENIZERS)
+    require_one_of("sampler.name", s.name, SAMPLERS)
+    require_one_of("cache.name", run.cache.name, CACHE_POLICIES)
     if isinstance(run.cache, LazyMARConf):
         run.cache.check(cfg_on=s.cfg != 1.0, decoder_depth=m.arch.decoder_depth, model_family=m.family)
-    _one_of("sampler.cfg_schedule", s.cfg_schedule, CFG_SCHEDULES)
+    require_one_of("sampler.cfg_schedule", s.cfg_schedule, CFG_SCHEDULES)
     if isinstance(s, HaltonSamplerConf):
-        _one_of("sampler.schedule", s.schedule, HALTON_SCHEDULES)
+        require_one_of("sampler.schedule", s.schedule, HALTON_SCHEDULES)
     if isinstance(s, GtRSamplerConf):
         _validate_gtr(s, m.arch.seq_h)
     if isinstance(s, DiSASamplerConf):
-        _one_of("sampler.annealing", s.annealing, ANNEALING)
-        _check(s.diffusion_steps is None,
+        require_one_of("sampler.annealing", s.annealing, ANNEALING)
+        require(s.diffusion_steps is None,
                f"sampler.diffusion_steps={s.diffusion_steps} does not apply to sampler=disa, which picks the "
                "diffusion steps of each AR step between sampler.upper and sampler.lower; leave it null.")  # fmt: skip
-        _check(MIN_DIFFUSION_STEPS <= s.lower <= s.upper <= MAX_DIFFUSION_STEPS,
+        require(MIN_DIFFUSION_STEPS <= s.lower <= s.upper <= MAX_DIFFUSION_STEPS,
                f"sampler.lower={s.lower} and sampler.upper={s.upper} must satisfy {MIN_DIFFUSION_STEPS} <= lower "
                f"<= upper <= {MAX_DIFFUSION_STEPS} (DiSA's default: 5 and 50).")  # fmt: skip
-        _check(s.max_timestep is None or 0 < s.max_timestep < MAX_DIFFUSION_STEPS,
+        require(s.max_timestep is None or 0 < s.max_timestep < MAX_DIFFUSION_STEPS,
                f"sampler.max_timestep={s.max_timestep} must be a training timestep below "
                f"{MAX_DIFFUSION_STEPS} (DiSA: 950), or null for no clipping.")  # fmt: skip
-    _one_of("sampler.rng", s.rng, RNG_PROTOCOLS)
-    _one_of("logger.kind", run.logger.kind, LOGGERS)
-    _one_of("logger.mode", run.logger.mode, WANDB_MODES)
-    _one_of("metrics.flops.mode", run.metrics.flops.mode, FLOP_MODES)
-    _one_of("metrics.quality.enabled", run.metrics.quality.enabled, (True, False, "auto"))
+    require_one_of("sampler.rng", s.rng, RNG_PROTOCOLS)
+    require_one_of("logger.kind", run.logger.kind, LOGGERS)
+    require_one_of("logger.mode", run.logger.mode, WANDB_MODES)
+    require_one_of("metrics.flops.mode", run.metrics.flops.mode, FLOP_MODES)
+    require_one_of("metrics.quality.enabled", run.metrics.quality.enabled, (True, False, "auto"))
     a = m.arch
-    _check(a.img_size % (a.vae_stride * a.patch_size) == 0,
+    require(a.img_size % (a.vae_stride * a.patch_size) == 0,
            f"model.arch.img_size={a.img_size} must be a multiple of vae_stride * patch_size "
            f"({a.vae_stride * a.patch_size}).")  # fmt: skip
     for side in ("encoder", "decoder"):
         dim, heads = getattr(a, f"{side}_embed_dim"), getattr(a, f"{side}_num_heads")
-        _check(dim % heads == 0,
+        require(dim % heads == 0,
                f"model.arch.{side}_embed_dim={dim} is not divisible by {side}_num_heads={heads}; "
                "pick a head count that divides the width.")  # fmt: skip
-    _check(s.cfg >= 1.0,
+    require(s.cfg >= 1.0,
            f"sampler.cfg={s.cfg} is below 1. Classifier-free guidance scales start at 1.0 (no guidance); "
            "set sampler.cfg=1.0 to switch it off or a value above 1 to guide.")  # fmt: skip
-    _check(
+    require(
         1 <= s.num_iter <= a.seq_len,
         f"sampler.num_iter={s.num_iter} is out of range: a {a.seq_len}-token image takes between 1 and "
         f"{a.seq_len} steps. Set sampler.num_iter to a value in that range (64 is the usual choice).",
     )
-    _check(s.temperature > 0, f"sampler.temperature={s.temperature} must be positive (1.0 is the default).")
-    _check(s.diffusion_steps is None or MIN_DIFFUSION_STEPS <= s.diffusion_steps <= MAX_DIFFUSION_STEPS,
+    require(s.temperature > 0, f"sampler.temperature={s.temperature} must be positive (1.0 is the default).")
+    require(s.diffusion_steps is None or MIN_DIFFUSION_STEPS <= s.diffusion_steps <= MAX_DIFFUSION_STEPS,
            f"sampler.diffusion_steps={s.diffusion_steps} must be between {MIN_DIFFUSION_STEPS} and 1000 (the "
            "learned variance needs two steps), or null for the model's default.")  # fmt: skip
-    _check(d.num_images >= 1, f"data.num_images={d.num_images} must be at least 1.")
-    _check(d.batch_size >= 1, f"data.batch_size={d.batch_size} must be at least 1.")
+    require(d.num_images >= 1, f"data.num_images={d.num_images} must be at least 1.")
+    require(d.batch_size >= 1, f"data.batch_size={d.batch_size} must be at least 1.")
     if isinstance(d.labels, str):
-        _one_of("data.labels", d.labels, ("balanced", "random"))
+        require_one_of("data.labels", d.labels, ("balanced", "random"))
     else:
         labels = list(d.labels)
-        _check(len(labels) > 0 and all(0 <= int(c) < a.class_num for c in labels),
+        require(len(labels) > 0 and all(0 <= int(c) < a.class_num for c in labels),
                f"data.labels={labels} must be a non-empty list of class ids in [0, {a.class_num}).")  # fmt: skip
-    _check(not m.clip_denoised or m.tokenizer.kind == "pixel",
+    require(not m.clip_denoised or m.tokenizer.kind == "pixel",
            f"model.clip_denoised=true needs bounded tokens, but {m.tokenizer.kind} latents have no fixed "
            "range; set model.clip_denoised=false (the official MAR setting).")  # fmt: skip
     if m.init == "pretrained":
-        _check(m.weights.registry is not None or m.weights.path is not None,
+        require(m.weights.registry is not None or m.weights.path is not None,
                f"model {m.name} wants pretrained weights but names neither model.weights.path nor "
                "model.weights.registry; set one, or model.init=random.")  # fmt: skip

@@ -18,3 +18,15 @@ class ConfigError(LazygenError):
 
 class CheckpointError(LazygenError):
     """A checkpoint that is missing, unreadable or does not match the network."""
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise a ConfigError with ``message`` (which names the key and the fix) unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(message)
+
+
+def require_one_of(key: str, value: object, allowed: tuple) -> None:
+    """``key=value`` must be one of ``allowed``; the error lists the choices."""
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not supported; choose one of: {', '.join(map(str, allowed))}.")

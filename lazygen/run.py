@@ -29,7 +29,7 @@ from lazygen.build import (
     build_tokenizer,
     is_accelerated,
 )
-from lazygen.cache.base import CachePolicy
+from lazygen.cache.base import CachePolicy, CacheStats
 from lazygen.callbacks.progress import ImagesPerSecondBar
 from lazygen.callbacks.writer import SampleWriter, finished_indices, read_batch_records, sample_png
 from lazygen.config import CacheConf, RunConf, validate
@@ -241,33 +241,28 @@ def cache_metrics(records: list[dict]) -> tuple[dict[str, float], dict]:
     ``cache/recompute_frac`` is the share of the baseline's transformer work (rows x positions x layers)
     that was recomputed; ``cache/full_steps`` and ``cache/reused_steps`` count steps per generation.
     """
-    stats = [r["cache"] for r in records if r.get("cache")]
-    if not stats:
+    batches = [CacheStats(**r["cache"]) for r in records if r.get("cache")]
+    if not batches:
         return {}, {}
-    recomputed = sum(s["recomputed_tokens"] for s in stats)
-    total = sum(s["total_tokens"] for s in stats)
+    total = CacheStats()
+    for batch in batches:
+        total.merge(batch)
+
+    def share(recomputed: int, of: int) -> float:
+        return recomputed / of if of else 1.0
+
     metrics = {
-        "cache/full_steps": sum(s["full_steps"] for s in stats) / len(stats),
-        "cache/reused_steps": sum(s.get("reused_steps", 0) for s in stats) / len(stats),
-        "cache/recompute_frac": recomputed / total if total else 1.0,
+        "cache/full_steps": total.full_steps / len(batches),
+        "cache/reused_steps": total.reused_steps / len(batches),
+        "cache/recompute_frac": share(total.recomputed_tokens, total.total_tokens),
     }
-    head_evals = sum(s.get("head_evals", 0) for s in stats)
-    if head_evals:
-        metrics["cache/head_full_frac"] = sum(s["head_full_evals"] for s in stats) / head_evals
-    layers: dict[str, list[int]] = {}
-    steps: list[list[int]] = []
-    for s in stats:
-        for layer, (done, base) in s.get("by_layer", {}).items():
-            entry = layers.setdefault(layer, [0, 0])
-            entry[0], entry[1] = entry[0] + done, entry[1] + base
-        for i, (done, base) in enumerate(s.get("by_step", [])):
-            steps.extend([0, 0] for _ in range(i + 1 - len(steps)))
-            steps[i][0], steps[i][1] = steps[i][0] + done, steps[i][1] + base
-    for layer, (done, base) in layers.items():
-        metrics[f"cache/recompute_frac/{layer}"] = done / base if base else 1.0
+    if total.head_evals:
+        metrics["cache/head_full_frac"] = total.head_full_evals / total.head_evals
+    by_layer = {layer: share(*counts) for layer, counts in total.by_layer.items()}
+    metrics.update({f"cache/recompute_frac/{layer}": value for layer, value in by_layer.items()})
     detail = {
-        "recompute_frac_by_layer": {k: d / b if b else 1.0 for k, (d, b) in layers.items()},
-        "recompute_frac_by_step": [d / b if b else 1.0 for d, b in steps],
+        "recompute_frac_by_layer": by_layer,
+        "recompute_frac_by_step": [share(*counts) for counts in total.by_step],
     }
     return metrics, detail
 

@@ -56,13 +56,28 @@ class CacheStats:
         """Record one layer's work at one step."""
         self.recomputed_tokens += recomputed
         self.total_tokens += total
-        entry = self.by_layer.setdefault(layer, [0, 0])
-        entry[0] += recomputed
-        entry[1] += total
+        self._add(self.by_layer.setdefault(layer, [0, 0]), recomputed, total)
+        self._add(self._step(step), recomputed, total)
+
+    def merge(self, other: CacheStats) -> None:
+        """Add another generation's counters (e.g. another batch's) to these."""
+        for name in ("full_steps", "reused_steps", "recomputed_tokens", "total_tokens", "head_evals",
+                     "head_full_evals"):  # fmt: skip
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for layer, (recomputed, total) in other.by_layer.items():
+            self._add(self.by_layer.setdefault(layer, [0, 0]), recomputed, total)
+        for step, (recomputed, total) in enumerate(other.by_step):
+            self._add(self._step(step), recomputed, total)
+
+    def _step(self, step: int) -> list[int]:
         while len(self.by_step) <= step:
             self.by_step.append([0, 0])
-        self.by_step[step][0] += recomputed
-        self.by_step[step][1] += total
+        return self.by_step[step]
+
+    @staticmethod
+    def _add(entry: list[int], recomputed: int, total: int) -> None:
+        entry[0] += recomputed
+        entry[1] += total
 
     def counters(self) -> dict:
         return asdict(self)

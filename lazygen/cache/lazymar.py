@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from lazygen.cache.base import CachePolicy, StepContext
 from lazygen.diffusion import SpacedDiffusion
 from lazygen.diffusion.gaussian import NoiseFn
-from lazygen.errors import ConfigError
+from lazygen.errors import require, require_one_of
 from lazygen.models.mar.transformer import KVHook
 
 # The official per-step retain ratios of the decoder token cache (LazyMAR models/basic.py), for 64 steps.
@@ -83,49 +83,40 @@ class LazyMARConf:
     def check(self, cfg_on: bool, decoder_depth: int, model_family: str) -> None:
         """Range and compatibility checks; raises ConfigError naming the key and the fix."""
 
-        def need(condition: bool, message: str) -> None:
-            if not condition:
-                raise ConfigError(message)
-
-        need(model_family == "mar", f"cache=lazymar works with MAR models only, not model.family={model_family!r}; "
+        require(model_family == "mar", f"cache=lazymar works with MAR models only, not model.family={model_family!r}; "
              "pick a MAR model (tiny_mar, mar_b, mar_l, mar_h) or cache=none.")  # fmt: skip
-        need(self.refresh_start >= 0, f"cache.refresh_start={self.refresh_start} must be >= 0 (official: 5).")
-        need(
+        require(
+            self.refresh_start >= 0, f"cache.refresh_start={self.refresh_start} must be >= 0 (official: 5)."
+        )
+        require(
             self.refresh_interval >= 1,
             f"cache.refresh_interval={self.refresh_interval} must be >= 1 (K; official: 9; 1 = never reuse).",
         )
         for key in ("condition_cache", "head_cfg_residual"):
             value = getattr(self, key)
-            need(value in (True, False, AUTO), f"cache.{key}={value!r} must be true, false or auto.")
-            need(cfg_on or value is not True,
+            require(value in (True, False, AUTO), f"cache.{key}={value!r} must be true, false or auto.")
+            require(cfg_on or value is not True,
                  f"cache.{key}=true needs classifier-free guidance, but sampler.cfg=1.0 runs no unconditional "
                  f"branch to cache. Set cache.{key}=auto (off without CFG) or guide with sampler.cfg > 1.")  # fmt: skip
-        need(not self.token_cache or 0 <= self.selection_layer < decoder_depth,
+        require(not self.token_cache or 0 <= self.selection_layer < decoder_depth,
              f"cache.selection_layer={self.selection_layer} is not a decoder block of this model (it has "
              f"{decoder_depth}: 0..{decoder_depth - 1}); pick one of those or set cache.token_cache=false.")  # fmt: skip
-        need(
-            self.criterion in CRITERIA,
-            f"cache.criterion={self.criterion!r}: choose one of {', '.join(CRITERIA)}.",
-        )
-        need(
-            self.strategy in STRATEGIES,
-            f"cache.strategy={self.strategy!r}: choose one of {', '.join(STRATEGIES)}.",
-        )
-        need(
-            self.schedule_indexing in SCHEDULE_INDEXING,
-            f"cache.schedule_indexing={self.schedule_indexing!r}: choose one of {', '.join(SCHEDULE_INDEXING)}.",
-        )
+        require_one_of("cache.criterion", self.criterion, CRITERIA)
+        require_one_of("cache.strategy", self.strategy, STRATEGIES)
+        require_one_of("cache.schedule_indexing", self.schedule_indexing, SCHEDULE_INDEXING)
         ratios = [self.retain_ratio] if self.retain_ratio is not None else self.retain_schedule
-        need(len(ratios) > 0 and all(0.0 < r <= 1.0 for r in ratios),
+        require(len(ratios) > 0 and all(0.0 < r <= 1.0 for r in ratios),
              f"cache retain ratios must lie in (0, 1], got {ratios}; set cache.retain_ratio to a share "
              "of positions to recompute, or null to use cache.retain_schedule.")  # fmt: skip
-        need(self.keep_margin >= 0, f"cache.keep_margin={self.keep_margin} must be >= 0 (official: 15).")
-        need(self.head_interval >= 1, f"cache.head_interval={self.head_interval} must be >= 1 (official: 7).")
-        need(
+        require(self.keep_margin >= 0, f"cache.keep_margin={self.keep_margin} must be >= 0 (official: 15).")
+        require(
+            self.head_interval >= 1, f"cache.head_interval={self.head_interval} must be >= 1 (official: 7)."
+        )
+        require(
             0.0 <= self.head_refresh_above <= 1.0,
             f"cache.head_refresh_above={self.head_refresh_above} must be in [0, 1] (official: 0.9).",
         )
-        need(
+        require(
             all(b >= 0 for b in self.head_skip_blocks),
             f"cache.head_skip_blocks={self.head_skip_blocks} must be block indices >= 0.",
         )

@@ -141,7 +141,8 @@ class SpacedDiffusion:
     def p_sample(
         self, denoise: DenoiseFn, x: torch.Tensor, k: int, noise: torch.Tensor, temperature: float
     ) -> torch.Tensor:
-        """One ancestral step x_k -> x_{k-1} (eps prediction, learned-range variance, no x0 clipping)."""
+        """One ancestral step x_k -> x_{k-1} (eps prediction, learned-range variance, x0 clamped only when
+        ``x0_range`` is set)."""
         t = torch.full((x.shape[0],), self.timestep_map[k], dtype=torch.long, device=x.device)
         c = {name: values[k] for name, values in self._coef.items()}
         mean, log_variance = self._model_mean_log_variance(x, denoise(x, t), c, self.x0_range)

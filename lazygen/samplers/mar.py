@@ -155,13 +155,13 @@ class MARSampler:
             known_in = torch.cat([known, known]) if cfg_on else known
             z = policy.transformer(model, x_in, model.visible_rows(known_in), cond, ctx)
             pred_in = torch.cat([predicted, predicted]) if cfg_on else predicted
-            z_pred = z.gather(1, pred_in.unsqueeze(-1).expand(-1, -1, z.shape[-1])).flatten(0, 1)
+            z_pred = z.gather(1, pred_in.unsqueeze(-1).expand(-1, -1, z.shape[-1]))  # (B or 2B, n, D)
 
             n = predicted.shape[1]
             cfg = self.cfg_for(seq_len, mask_len)
             if isinstance(cfg, torch.Tensor):
                 cfg = cfg.to(device)
-            sampled = self.head_samples(model, policy, z_pred.reshape(-1, n, z.shape[-1]), random, cfg, ctx)
+            sampled = self.head_samples(model, policy, z_pred, random, cfg, ctx)
             tokens = tokens.scatter(
                 1, predicted.unsqueeze(-1).expand(-1, -1, channels), sampled.reshape(batch, n, channels)
             )
