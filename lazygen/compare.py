@@ -7,6 +7,9 @@ multirun directory and the job number of its baseline:
 
     python -m lazygen.compare runs/generate/multirun/<time> --baseline 0
     python -m lazygen.compare runs/base runs/lazymar runs/steps32 --out table.json
+
+A multirun preset can also ask for the table when its last job ends (``CompareTable``, a Hydra callback):
+it is printed and written next to the jobs as ``comparison.md`` and ``comparison.json``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 from lazygen.errors import LazygenError
 from lazygen.metrics.quality import psnr
@@ -125,6 +130,29 @@ def markdown(rows: list[dict]) -> str:
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+TABLE_FILE, ROWS_FILE = "comparison.md", "comparison.json"
+
+
+class CompareTable(Callback):
+    """Hydra callback: after a multirun, the table of its jobs against job ``baseline``."""
+
+    def __init__(self, baseline: str | int = 0) -> None:
+        self.baseline = str(baseline)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            base, others = _run_dirs([sweep_dir], self.baseline)
+            rows = compare(base, others)
+        except LazygenError as exc:  # the jobs' own outputs are complete; only the table is missing
+            print(f"lazygen: no comparison table for {sweep_dir}: {exc}", file=sys.stderr)
+            return
+        table = markdown(rows)
+        (sweep_dir / TABLE_FILE).write_text(table + "\n")
+        (sweep_dir / ROWS_FILE).write_text(json.dumps(rows, indent=2))
+        print(f"\n{table}\n\n(written to {sweep_dir / TABLE_FILE})")
 
 
 def main(argv: list[str] | None = None) -> None:

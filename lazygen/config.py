@@ -17,10 +17,13 @@ from lazygen.cache.lazymar import LazyMARConf
 from lazygen.errors import ConfigError, require, require_one_of
 from lazygen.models.mar.mar import MARArch
 from lazygen.samplers.disa import ANNEALING, DiSASamplerConf
-from lazygen.samplers.gtr import BISECTIONS, FTS_SELECTIONS, GtRSamplerConf, partition
+from lazygen.samplers.gtr import BISECTIONS, FTS_SELECTIONS, ORDERS, GtRSamplerConf, partition
 from lazygen.samplers.halton import HALTON_SCHEDULES, HaltonSamplerConf
 from lazygen.samplers.mar import CFG_SCHEDULES, MARSamplerConf
 from lazygen.samplers.rng import RNG_PROTOCOLS
+
+# ``${sum:${.stage_steps}}``: GtR's step count follows its per-stage counts, so sweeps vary only those.
+OmegaConf.register_new_resolver("sum", lambda values: sum(values), replace=True)
 
 MODEL_FAMILIES = ("mar",)
 SAMPLERS = ("mar", "steps", "halton", "disa", "gtr")
@@ -244,6 +247,9 @@ def validate(cfg: DictConfig) -> RunConf:
 
 def _validate_gtr(s: GtRSamplerConf, side: int) -> None:
     require_one_of("sampler.bisection", s.bisection, BISECTIONS)
+    require_one_of("sampler.order", s.order, ORDERS)
+    require(s.order != "subsample" or side % 2 == 0,
+            f"sampler.order=subsample needs an even grid side (got {side}); use raster, random or gtr.")  # fmt: skip
     require(s.stages >= 2 and 2**(s.stages - 1) <= side * side,
            f"sampler.stages={s.stages} must be at least 2 (generation, then reconstruction) and leave every "
            "stage a cell of the grid.")  # fmt: skip

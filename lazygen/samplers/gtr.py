@@ -7,7 +7,8 @@ counts, smaller first) in a random order inside the stage, per image. Diffusion 
 linear from ``t_max`` to ``t_min`` over the generation steps, ``t_rec`` on reconstruction steps. Cache
 policies are told to refresh at every stage start and on every reconstruction step. FTS
 (frequency-weighted token selection) gives the reconstruction tokens whose conditioning vectors carry the
-most high-frequency energy ``t_detail`` diffusion steps instead of ``t_rec``.
+most high-frequency energy ``t_detail`` diffusion steps instead of ``t_rec``. ``order`` swaps the stages'
+cells for raster, "subsample" (4-quadrant raster) or random order with the same counts (Table 5).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from lazygen.samplers.rng import RandomSource
 
 BISECTIONS = ("diagonal", "lattice")
 FTS_SELECTIONS = ("high", "low", "random", "all", "none")  # high = GtR; the rest are its Table 4 ablations
+ORDERS = ("gtr", "raster", "random", "subsample")  # gtr = the stages; the rest are its Table 5 ablations
 
 
 def frequency_scores(z: torch.Tensor) -> torch.Tensor:
@@ -55,6 +57,13 @@ def partition(side: int, stages: int, bisection: str) -> list[list[int]]:
     return [[i * side + j for i, j in remaining], *later]
 
 
+def subsample_order(side: int) -> list[int]:
+    """GtR's "4-quadrant raster": raster order inside each quadrant, the four quadrants in lockstep."""
+    half = side // 2
+    corners = [(0, 0), (0, half), (half, 0), (half, half)]
+    return [(r + a) * side + (c + b) for r in range(half) for c in range(half) for a, b in corners]
+
+
 def split_counts(size: int, steps: int) -> list[int]:
     """``size`` tokens over ``steps`` steps: near-equal integers, the smaller counts first."""
     base, extra = divmod(size, steps)
@@ -66,6 +75,7 @@ class GtRSamplerConf(MARSamplerConf):
     name: str = "gtr"
     stages: int = 3  # K: K - 1 generation sub-stages, then reconstruction
     bisection: str = "diagonal"  # diagonal ((i + j) mod 2^k, the paper's text) | lattice
+    order: str = "gtr"  # which cells the steps reveal (see ORDERS); the counts and diffusion steps stay GtR's
     stage_steps: list[int] = field(default_factory=lambda: [11, 3, 2])  # AR steps per stage; sum = num_iter
     t_max: int = 50  # diffusion steps at the first generation step
     t_min: int = 20  # ... at the last generation step
@@ -106,11 +116,19 @@ class GtRSampler(MARSampler):
     def token_orders(
         self, random: RandomSource, batch: int, seq_len: int, device: torch.device
     ) -> torch.Tensor:
-        parts = []
-        for cells in self.stages(seq_len):  # a random order inside each stage, per image
-            perm = random.orders(batch, len(cells), device)
-            parts.append(torch.tensor(cells, device=device)[perm])
-        reveal = torch.cat(parts, dim=1)  # (B, L): S_1 first
+        order = self.conf.order
+        if order == "random":
+            reveal = random.orders(batch, seq_len, device)
+        elif order in ("raster", "subsample"):
+            side = int(round(seq_len**0.5))
+            cells = list(range(seq_len)) if order == "raster" else subsample_order(side)
+            reveal = torch.tensor(cells, device=device).expand(batch, -1)
+        else:
+            parts = []
+            for cells in self.stages(seq_len):  # a random order inside each stage, per image
+                perm = random.orders(batch, len(cells), device)
+                parts.append(torch.tensor(cells, device=device)[perm])
+            reveal = torch.cat(parts, dim=1)  # (B, L): S_1 first
         return reveal.flip(1)  # MAR predicts the last entries of an order first
 
     def refresh_at(self, step: int) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import REPO, compose_cfg
 
 from lazygen.config import validate
@@ -12,6 +13,7 @@ from lazygen.errors import ConfigError
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
+METHODS = sorted(p.stem for p in (REPO / "conf" / "method").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -30,6 +32,23 @@ def test_experiment_presets_compose_and_validate(name):
         assert run.model.name == ("tiny_mar" if name in ("lazymar_tiny", "lazymar_sweep") else "mar_h")
     if name.startswith("lazymar_strategy_"):
         assert run.cache.strategy == name.removeprefix("lazymar_strategy_")
+    if name.startswith("gtr_table_"):  # gtr_table_<size>[_<group>]: a multirun over methods, baseline first
+        size = name.split("_")[2]
+        assert run.model.name == ("tiny_mar" if size == "tiny" else f"mar_{size}")
+        preset = yaml.safe_load((REPO / "conf" / "experiment" / f"{name}.yaml").read_text())
+        methods = preset["hydra"]["sweeper"]["params"]["method"].split(",")
+        assert methods[0] == "mar_64" and set(methods) <= set(METHODS)
+        group = name.split("_")[3] if name.count("_") == 3 else None
+        assert all(m == "mar_64" or m.endswith(f"_{group}") or m.startswith("lazymar_") for m in methods if group)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_methods_set_what_their_names_say(name):
+    run = validate(compose_cfg("model=mar_b", f"method={name}"))
+    *kind, steps = name.split("_")
+    sampler = {"mar": "mar", "lazymar": "mar", "gtr_lazymar": "gtr"}.get("_".join(kind), "_".join(kind))
+    assert run.sampler.name == sampler and run.sampler.num_iter == int(steps)
+    assert run.cache.name == ("lazymar" if "lazymar" in kind else "none")
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -11,7 +11,7 @@ from lazygen.cache.base import CachePolicy
 from lazygen.config import validate
 from lazygen.errors import ConfigError
 from lazygen.run import make_generator
-from lazygen.samplers.gtr import frequency_scores, partition, split_counts
+from lazygen.samplers.gtr import frequency_scores, partition, split_counts, subsample_order
 from lazygen.samplers.rng import PerSampleRandom
 
 TINY = ["model.init=random", "model.arch.encoder_embed_dim=32", "model.arch.decoder_embed_dim=32",
@@ -96,6 +96,33 @@ def test_sampling_follows_the_stages() -> None:
     assert spy.rows[-2:] == [2 * 13, 2 * 115]
 
 
+def test_subsample_is_a_four_quadrant_raster() -> None:
+    order = subsample_order(16)
+    assert sorted(order) == list(range(256))
+    assert [divmod(c, 16) for c in order[:8]] == [(0, 0), (0, 8), (8, 0), (8, 8), (0, 1), (0, 9), (8, 1), (8, 9)]
+    for q, (a, b) in enumerate([(0, 0), (0, 8), (8, 0), (8, 8)]):  # each quadrant in raster order
+        assert [divmod(c, 16) for c in order[q::4]] == [(a + r, b + c) for r in range(8) for c in range(8)]
+
+
+@pytest.mark.parametrize("order", ["raster", "subsample", "random"])
+def test_order_ablations_keep_the_counts_and_predict_every_token_once(order: str) -> None:
+    run = validate(compose_cfg(*TINY, "sampler.stage_steps=[3,2,1]", "sampler.num_iter=6", f"sampler.order={order}"))
+    gen = make_generator(run)
+    spy = Spy()
+    gen.sampler.sample(gen.model, torch.tensor([1, 2]), [0, 1], spy)
+    assert [p.shape[1] for p in spy.predicted] == gen.sampler.counts(256)
+    revealed = [torch.cat([p[image] for p in spy.predicted]).tolist() for image in range(2)]
+    assert all(sorted(r) == list(range(256)) for r in revealed)
+    if order == "raster":
+        assert revealed[0] == revealed[1] == list(range(256))  # per step the set is what counts
+    elif order == "subsample":
+        first = set(revealed[0][: gen.sampler.counts(256)[0]])
+        assert first == set(subsample_order(16)[: len(first)])
+    else:
+        assert revealed[0] != revealed[1]
+    assert spy.steps[:5] == [6, 5, 4, 4, 3]  # the stage-aware diffusion steps are GtR's
+
+
 def test_frequency_scores_weigh_high_frequencies() -> None:
     d = 16
     constant, smooth = torch.ones(d), torch.cos(torch.arange(d) * 2 * torch.pi / d)
@@ -137,7 +164,7 @@ def test_gtr_with_lazymar_refreshes_at_stage_starts() -> None:
     ("overrides", "needle"),
     [(["sampler.stage_steps=[11,3,3]"], "must equal the sum"), (["sampler.stage_steps=[11,5]"], "one step count per stage"),
      (["sampler.stage_steps=[70,3,2]", "sampler.num_iter=75"], "between 1 and the stage's size"),
-     (["sampler.bisection=spiral"], "sampler.bisection"), (["sampler.t_rec=1"], "sampler.t_rec=1"),
+     (["sampler.bisection=spiral"], "sampler.bisection"), (["sampler.order=zigzag"], "sampler.order"), (["sampler.t_rec=1"], "sampler.t_rec=1"),
      (["sampler.diffusion_steps=10"], "does not apply to sampler=gtr"),
      (["sampler.fts_select=mid"], "sampler.fts_select"), (["sampler.fts_fraction=2"], "fts_fraction=2.0")],
 )  # fmt: skip
