@@ -39,7 +39,9 @@ def test_experiment_presets_compose_and_validate(name):
         methods = preset["hydra"]["sweeper"]["params"]["method"].split(",")
         assert methods[0] == "mar_64" and set(methods) <= set(METHODS)
         group = name.split("_")[3] if name.count("_") == 3 else None
-        assert all(m == "mar_64" or m.endswith(f"_{group}") or m.startswith("lazymar_") for m in methods if group)
+        assert all(
+            m == "mar_64" or m.endswith(f"_{group}") or m.startswith("lazymar_") for m in methods if group
+        )
 
 
 @pytest.mark.parametrize("name", METHODS)

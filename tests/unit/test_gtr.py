@@ -99,14 +99,17 @@ def test_sampling_follows_the_stages() -> None:
 def test_subsample_is_a_four_quadrant_raster() -> None:
     order = subsample_order(16)
     assert sorted(order) == list(range(256))
-    assert [divmod(c, 16) for c in order[:8]] == [(0, 0), (0, 8), (8, 0), (8, 8), (0, 1), (0, 9), (8, 1), (8, 9)]
-    for q, (a, b) in enumerate([(0, 0), (0, 8), (8, 0), (8, 8)]):  # each quadrant in raster order
+    corners = [(0, 0), (0, 8), (8, 0), (8, 8)]
+    assert [divmod(c, 16) for c in order[:8]] == corners + [(a, b + 1) for a, b in corners]
+    for q, (a, b) in enumerate(corners):  # each quadrant in raster order
         assert [divmod(c, 16) for c in order[q::4]] == [(a + r, b + c) for r in range(8) for c in range(8)]
 
 
 @pytest.mark.parametrize("order", ["raster", "subsample", "random"])
 def test_order_ablations_keep_the_counts_and_predict_every_token_once(order: str) -> None:
-    run = validate(compose_cfg(*TINY, "sampler.stage_steps=[3,2,1]", "sampler.num_iter=6", f"sampler.order={order}"))
+    run = validate(
+        compose_cfg(*TINY, "sampler.stage_steps=[3,2,1]", "sampler.num_iter=6", f"sampler.order={order}")
+    )
     gen = make_generator(run)
     spy = Spy()
     gen.sampler.sample(gen.model, torch.tensor([1, 2]), [0, 1], spy)
