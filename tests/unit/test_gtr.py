@@ -165,7 +165,7 @@ def test_gtr_with_lazymar_refreshes_at_stage_starts() -> None:
 
 @pytest.mark.parametrize(
     ("overrides", "needle"),
-    [(["sampler.stage_steps=[11,3,3]"], "must equal the sum"), (["sampler.stage_steps=[11,5]"], "one step count per stage"),
+    [(["sampler.stage_steps=[11,3,3]", "sampler.num_iter=16"], "must equal the sum"), (["sampler.stage_steps=[11,5]"], "one step count per stage"),
      (["sampler.stage_steps=[70,3,2]", "sampler.num_iter=75"], "between 1 and the stage's size"),
      (["sampler.bisection=spiral"], "sampler.bisection"), (["sampler.order=zigzag"], "sampler.order"), (["sampler.t_rec=1"], "sampler.t_rec=1"),
      (["sampler.diffusion_steps=10"], "does not apply to sampler=gtr"),
