@@ -12,12 +12,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lazygen.cache.adsa import ADSAConf, ADSAPolicy
 from lazygen.cache.base import CachePolicy
 from lazygen.cache.lazymar import LazyMARConf, LazyMARPolicy
-from lazygen.config import CacheConf, ModelConf, RunConf, TokenizerConf, WeightsConf
+from lazygen.config import CacheConf, LlamaGenModelConf, ModelConf, RunConf, TokenizerConf, WeightsConf
 from lazygen.errors import ConfigError
 from lazygen.models.mar.mar import MAR
 from lazygen.models.pixel import PixelTokenizer
+from lazygen.samplers.ar import ARSampler, ARSamplerConf
 from lazygen.samplers.disa import DiSASampler
 from lazygen.samplers.gtr import GtRSampler
 from lazygen.samplers.halton import HaltonSampler
@@ -27,11 +29,12 @@ from lazygen.weights import load_strict, read_state_dict, resolve_weight
 
 def _network(
     factory: Callable[[], nn.Module],
-    conf: ModelConf,
+    conf: ModelConf | LlamaGenModelConf,
     weights: WeightsConf | TokenizerConf,
     config_key: str,
     device: torch.device,
     home: Path | None,
+    reader: Callable[[Path], dict] = read_state_dict,
 ) -> nn.Module:
     """Seeded random weights (also for any meta-device build), or a strictly loaded checkpoint."""
     if conf.init == "random" or device.type == "meta":
@@ -41,17 +44,21 @@ def _network(
     path = resolve_weight(weights.registry, weights.path, home=home, config_key=config_key)
     with torch.device("meta"):
         network = factory()
-    load_strict(network, read_state_dict(path), source=str(path), assign=True)
+    load_strict(network, reader(path), source=str(path), assign=True)
     return network.to(device).eval()
 
 
-def build_model(conf: ModelConf, device: str | torch.device = "cpu", home: Path | None = None) -> MAR:
+def build_model(
+    conf: ModelConf | LlamaGenModelConf, device: str | torch.device = "cpu", home: Path | None = None
+) -> nn.Module:
     """The generator network, in eval mode; pretrained weights are loaded strictly."""
-    if conf.family != "mar":
-        raise ConfigError(f"model.family={conf.family!r} has no builder yet; use a MAR model (mar_b/l/h).")
-    model = _network(
-        lambda: MAR(conf.arch), conf, conf.weights, "model.weights.path", torch.device(device), home
-    )
+    device = torch.device(device)
+    if isinstance(conf, LlamaGenModelConf):
+        from lazygen.models.llamagen import LlamaGen, read_gpt_checkpoint
+
+        factory = lambda: LlamaGen(conf.arch)  # noqa: E731
+        return _network(factory, conf, conf.weights, "model.weights.path", device, home, read_gpt_checkpoint)
+    model = _network(lambda: MAR(conf.arch), conf, conf.weights, "model.weights.path", device, home)
     if conf.clip_denoised:  # bounded pixel tokens: the head's x0 estimate is clamped to their range
         tok = conf.tokenizer
         model.diffloss.gen_diffusion.x0_range = PixelTokenizer(tok.latent_scale, tok.latent_shift).token_range
@@ -65,6 +72,17 @@ def build_tokenizer(
     tok = conf.tokenizer
     if tok.kind == "pixel":
         return PixelTokenizer(tok.latent_scale, tok.latent_shift).to(device)
+    if tok.kind == "levels":
+        from lazygen.models.levels import LevelTokenizer
+
+        return LevelTokenizer(tok.levels).to(device)
+    if tok.kind == "vq16":
+        from lazygen.models.llamagen.vq import VQModel, VQTokenizer, read_vq_checkpoint
+
+        vq = _network(
+            VQModel, conf, tok, "model.tokenizer.path", torch.device(device), home, read_vq_checkpoint
+        )
+        return VQTokenizer(vq, conf.eval_size)
     from lazygen.models.vae.kl import AutoencoderKL
 
     return _network(
@@ -84,24 +102,29 @@ SAMPLER_CLASSES: dict[str, type[MARSampler]] = {
     "halton": HaltonSampler,
     "disa": DiSASampler,
     "gtr": GtRSampler,
+    "ar": ARSampler,
 }
 
 
-def build_sampler(conf: MARSamplerConf) -> MARSampler:
+def build_sampler(conf: MARSamplerConf | ARSamplerConf) -> MARSampler | ARSampler:
     return SAMPLER_CLASSES[conf.name](conf)
 
 
-def build_policy(conf: CacheConf | LazyMARConf) -> CachePolicy:
+def build_policy(conf: CacheConf | LazyMARConf | ADSAConf) -> CachePolicy:
     if isinstance(conf, LazyMARConf):
         return LazyMARPolicy(conf)
+    if isinstance(conf, ADSAConf):
+        return ADSAPolicy(conf)
     if conf.name == "none":
         return CachePolicy()
-    raise ConfigError(f"cache={conf.name!r} is not implemented; available: none, lazymar.")
+    raise ConfigError(f"cache={conf.name!r} is not implemented; available: none, lazymar, adsa.")
 
 
-def baseline_sampler_conf(run: RunConf) -> MARSamplerConf:
+def baseline_sampler_conf(run: RunConf) -> MARSamplerConf | ARSamplerConf:
     """The model's own sampler at its default steps, with the run's guidance, temperature and RNG."""
     s = run.sampler
+    if isinstance(s, ARSamplerConf):  # next-token decoding has one schedule: only the cache policy differs
+        return s
     return MARSamplerConf(
         name="mar",
         num_iter=run.model.default_num_iter,

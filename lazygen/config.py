@@ -13,9 +13,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lazygen.cache.adsa import ADSAConf
 from lazygen.cache.lazymar import LazyMARConf
 from lazygen.errors import ConfigError, require, require_one_of
+from lazygen.models.llamagen.gpt import LlamaGenArch
 from lazygen.models.mar.mar import MARArch
+from lazygen.samplers.ar import ARSamplerConf
 from lazygen.samplers.disa import ANNEALING, DiSASamplerConf
 from lazygen.samplers.gtr import BISECTIONS, FTS_SELECTIONS, ORDERS, GtRSamplerConf, partition
 from lazygen.samplers.halton import HALTON_SCHEDULES, HaltonSamplerConf
@@ -25,13 +28,17 @@ from lazygen.samplers.rng import RNG_PROTOCOLS
 # ``${sum:${.stage_steps}}``: GtR's step count follows its per-stage counts, so sweeps vary only those.
 OmegaConf.register_new_resolver("sum", lambda values: sum(values), replace=True)
 
-MODEL_FAMILIES = ("mar",)
-SAMPLERS = ("mar", "steps", "halton", "disa", "gtr")
-CACHE_POLICIES = ("none", "lazymar")
-TOKENIZERS = ("kl16", "pixel")
+MODEL_FAMILIES = ("mar", "llamagen")
+SAMPLERS = ("mar", "steps", "halton", "disa", "gtr", "ar")
+CACHE_POLICIES = ("none", "lazymar", "adsa")
+TOKENIZERS = ("kl16", "pixel", "vq16", "levels")
+# what each family decodes with: MAR's masked samplers, LlamaGen's next-token one
+FAMILY_SAMPLERS = {"mar": ("mar", "steps", "halton", "disa", "gtr"), "llamagen": ("ar",)}
+FAMILY_TOKENIZERS = {"mar": ("kl16", "pixel"), "llamagen": ("vq16", "levels")}
 LOGGERS = ("wandb", "csv", "none")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 FLOP_MODES = ("auto", "meta", "real")
+VQ_DOWNSAMPLE = 16  # VQ-16: one token per 16x16 pixels
 MIN_DIFFUSION_STEPS = 2
 MAX_DIFFUSION_STEPS = 1000  # the training chain
 
@@ -49,6 +56,7 @@ class TokenizerConf:
     path: str | None = None
     latent_scale: float = 0.2325
     latent_shift: float = 0.0  # pixel tokens: (image - shift) * scale, so tokens have about zero mean
+    levels: int = 16  # levels tokens: evenly spaced intensities in [-1, 1]
 
 
 @dataclass
@@ -74,6 +82,29 @@ class ModelConf:
     evaluator: EvaluatorConf = field(default_factory=EvaluatorConf)
 
 
+@dataclass
+class LlamaGenModelConf:
+    """``family: llamagen``: a class-conditional LlamaGen GPT and its token decoder."""
+
+    name: str = "llamagen_xl"
+    family: str = "llamagen"
+    init: str = "pretrained"
+    init_seed: int = 0
+    image_size: int = 384  # generated resolution
+    eval_size: int = 256  # images are resized to this before FID/IS (the official protocol)
+    arch: LlamaGenArch = field(default_factory=LlamaGenArch)
+    weights: WeightsConf = field(default_factory=WeightsConf)
+    tokenizer: TokenizerConf = field(
+        default_factory=lambda: TokenizerConf(kind="vq16", registry="vq_ds16_c2i")
+    )
+    default_cfg: float = 1.75
+    default_num_iter: int = 576  # one token per step
+    evaluator: EvaluatorConf = field(default_factory=EvaluatorConf)
+
+
+# The schema of the model group, chosen by its ``family``.
+MODEL_SCHEMAS: dict[str, type] = {"mar": ModelConf, "llamagen": LlamaGenModelConf}
+
 # The schema of each sampler's config group, chosen by its ``name``.
 # Each sampler's own config dataclass is the schema (``name`` included).
 SAMPLER_SCHEMAS: dict[str, type[MARSamplerConf]] = {
@@ -82,6 +113,7 @@ SAMPLER_SCHEMAS: dict[str, type[MARSamplerConf]] = {
     "halton": HaltonSamplerConf,
     "disa": DiSASamplerConf,
     "gtr": GtRSamplerConf,
+    "ar": ARSamplerConf,
 }
 
 
@@ -97,7 +129,7 @@ class CacheConf:
 
 
 # The schema of each cache policy's config group, chosen by its ``name``.
-CACHE_SCHEMAS: dict[str, type] = {"none": CacheConf, "lazymar": LazyMARConf}
+CACHE_SCHEMAS: dict[str, type] = {"none": CacheConf, "lazymar": LazyMARConf, "adsa": ADSAConf}
 
 
 @dataclass
@@ -167,9 +199,9 @@ class CallbacksConf:
 class RunConf:
     """The validated, typed view of one run's configuration."""
 
-    model: ModelConf
-    sampler: MARSamplerConf | HaltonSamplerConf | DiSASamplerConf | GtRSamplerConf
-    cache: CacheConf | LazyMARConf
+    model: ModelConf | LlamaGenModelConf
+    sampler: MARSamplerConf | HaltonSamplerConf | DiSASamplerConf | GtRSamplerConf | ARSamplerConf
+    cache: CacheConf | LazyMARConf | ADSAConf
     hardware: HardwareConf
     data: DataConf
     metrics: MetricsConf
@@ -215,13 +247,18 @@ def typed_group(group: str, schema: type, node: Any) -> Any:
 
 
 def _schema(group: str, default: type, node: Any) -> type:
-    """The dataclass of a group; the sampler's and the cache's depend on the name they give."""
-    schemas = {"sampler": SAMPLER_SCHEMAS, "cache": CACHE_SCHEMAS}.get(group)
-    if schemas is None:
+    """The dataclass of a group; the sampler's and the cache's depend on their name, the model's on its family."""
+    choice = {
+        "sampler": (SAMPLER_SCHEMAS, "name"),
+        "cache": (CACHE_SCHEMAS, "name"),
+        "model": (MODEL_SCHEMAS, "family"),
+    }
+    if group not in choice:
         return default
-    fallback = default().name
-    name = node.get("name", fallback) if isinstance(node, DictConfig | dict) else fallback
-    require_one_of(f"{group}.name", name, tuple(schemas))
+    schemas, key = choice[group]
+    fallback = getattr(default(), key)
+    name = node.get(key, fallback) if isinstance(node, DictConfig | dict) else fallback
+    require_one_of(f"{group}.{key}", name, tuple(schemas))
     return schemas[name]
 
 
@@ -277,10 +314,74 @@ def _validate_values(run: RunConf) -> None:
     m, s, d = run.model, run.sampler, run.data
     require_one_of("model.family", m.family, MODEL_FAMILIES)
     require_one_of("model.init", m.init, ("pretrained", "random"))
-    require_one_of("model.tokenizer.kind", m.tokenizer.kind, TOKENIZERS)
+    require_one_of("model.tokenizer.kind", m.tokenizer.kind, FAMILY_TOKENIZERS[m.family])
     require_one_of("sampler.name", s.name, SAMPLERS)
+    require(s.name in FAMILY_SAMPLERS[m.family],
+            f"sampler={s.name} cannot decode model={m.name} (a {m.family} model); use "
+            f"sampler={' or sampler='.join(FAMILY_SAMPLERS[m.family])}.")  # fmt: skip
     require_one_of("cache.name", run.cache.name, CACHE_POLICIES)
-    if isinstance(run.cache, LazyMARConf):
+    require_one_of("sampler.rng", s.rng, RNG_PROTOCOLS)
+    require_one_of("logger.kind", run.logger.kind, LOGGERS)
+    require_one_of("logger.mode", run.logger.mode, WANDB_MODES)
+    require_one_of("metrics.flops.mode", run.metrics.flops.mode, FLOP_MODES)
+    require_one_of("metrics.quality.enabled", run.metrics.quality.enabled, (True, False, "auto"))
+    require(s.cfg >= 1.0,
+           f"sampler.cfg={s.cfg} is below 1. Classifier-free guidance scales start at 1.0 (no guidance); "
+           "set sampler.cfg=1.0 to switch it off or a value above 1 to guide.")  # fmt: skip
+    require(s.temperature > 0, f"sampler.temperature={s.temperature} must be positive (1.0 is the default).")
+    require(d.num_images >= 1, f"data.num_images={d.num_images} must be at least 1.")
+    require(d.batch_size >= 1, f"data.batch_size={d.batch_size} must be at least 1.")
+    num_classes = m.arch.class_num if isinstance(m, ModelConf) else m.arch.num_classes
+    if isinstance(d.labels, str):
+        require_one_of("data.labels", d.labels, ("balanced", "random"))
+    else:
+        labels = list(d.labels)
+        require(len(labels) > 0 and all(0 <= int(c) < num_classes for c in labels),
+               f"data.labels={labels} must be a non-empty list of class ids in [0, {num_classes}).")  # fmt: skip
+    if m.init == "pretrained":
+        require(m.weights.registry is not None or m.weights.path is not None,
+               f"model {m.name} wants pretrained weights but names neither model.weights.path nor "
+               "model.weights.registry; set one, or model.init=random.")  # fmt: skip
+    if isinstance(m, LlamaGenModelConf):
+        _validate_llamagen(run)
+    else:
+        _validate_mar(run)
+
+
+def _validate_llamagen(run: RunConf) -> None:
+    m, s = run.model, run.sampler
+    require(s.num_iter == m.arch.block_size,
+           f"sampler.num_iter={s.num_iter}: next-token decoding takes one step per image token "
+           f"({m.arch.block_size}); leave it at ${{model.default_num_iter}} (set to {m.arch.block_size}).")  # fmt: skip
+    require(s.top_k >= 0, f"sampler.top_k={s.top_k} must be 0 (off) or a positive number of tokens.")
+    require(
+        0 < s.top_p <= 1, f"sampler.top_p={s.top_p} must be in (0, 1]; 1.0 switches nucleus sampling off."
+    )
+    require(
+        s.cfg_interval >= -1, f"sampler.cfg_interval={s.cfg_interval} must be -1 (always guide) or a step."
+    )
+    if m.tokenizer.kind == "vq16":
+        require(m.image_size == VQ_DOWNSAMPLE * m.arch.grid_size,
+               f"model.image_size={m.image_size} does not match model.arch.block_size={m.arch.block_size} "
+               f"(a {m.arch.grid_size}x{m.arch.grid_size} VQ-16 grid is {VQ_DOWNSAMPLE * m.arch.grid_size} px).")  # fmt: skip
+    else:
+        require(m.arch.vocab_size == m.tokenizer.levels,
+               f"model.arch.vocab_size={m.arch.vocab_size} must equal model.tokenizer.levels="
+               f"{m.tokenizer.levels}: every token id is one intensity level.")  # fmt: skip
+    if run.cache.name == "lazymar":
+        raise ConfigError(f"cache=lazymar caches MAR's masked decoding and cannot run model={m.name}; use "
+                          "cache=none or cache=adsa for LlamaGen models.")  # fmt: skip
+    if isinstance(run.cache, ADSAConf):
+        run.cache.check(m.arch.block_size, m.arch.grid_size)
+
+
+def _validate_mar(run: RunConf) -> None:
+    m, s = run.model, run.sampler
+    if isinstance(run.cache, ADSAConf):
+        raise ConfigError(
+            f"cache=adsa prunes a causal model's KV cache and cannot run model={m.name} (MAR); "
+            "use cache=none or cache=lazymar for MAR models, or a llamagen_* model."
+        )  # fmt: skip    if isinstance(run.cache, LazyMARConf):
         run.cache.check(cfg_on=s.cfg != 1.0, decoder_depth=m.arch.decoder_depth, model_family=m.family)
     require_one_of("sampler.cfg_schedule", s.cfg_schedule, CFG_SCHEDULES)
     if isinstance(s, HaltonSamplerConf):
@@ -298,11 +399,6 @@ def _validate_values(run: RunConf) -> None:
         require(s.max_timestep is None or 0 < s.max_timestep < MAX_DIFFUSION_STEPS,
                f"sampler.max_timestep={s.max_timestep} must be a training timestep below "
                f"{MAX_DIFFUSION_STEPS} (DiSA: 950), or null for no clipping.")  # fmt: skip
-    require_one_of("sampler.rng", s.rng, RNG_PROTOCOLS)
-    require_one_of("logger.kind", run.logger.kind, LOGGERS)
-    require_one_of("logger.mode", run.logger.mode, WANDB_MODES)
-    require_one_of("metrics.flops.mode", run.metrics.flops.mode, FLOP_MODES)
-    require_one_of("metrics.quality.enabled", run.metrics.quality.enabled, (True, False, "auto"))
     a = m.arch
     require(a.img_size % (a.vae_stride * a.patch_size) == 0,
            f"model.arch.img_size={a.img_size} must be a multiple of vae_stride * patch_size "
@@ -312,30 +408,14 @@ def _validate_values(run: RunConf) -> None:
         require(dim % heads == 0,
                f"model.arch.{side}_embed_dim={dim} is not divisible by {side}_num_heads={heads}; "
                "pick a head count that divides the width.")  # fmt: skip
-    require(s.cfg >= 1.0,
-           f"sampler.cfg={s.cfg} is below 1. Classifier-free guidance scales start at 1.0 (no guidance); "
-           "set sampler.cfg=1.0 to switch it off or a value above 1 to guide.")  # fmt: skip
     require(
         1 <= s.num_iter <= a.seq_len,
         f"sampler.num_iter={s.num_iter} is out of range: a {a.seq_len}-token image takes between 1 and "
         f"{a.seq_len} steps. Set sampler.num_iter to a value in that range (64 is the usual choice).",
     )
-    require(s.temperature > 0, f"sampler.temperature={s.temperature} must be positive (1.0 is the default).")
     require(s.diffusion_steps is None or MIN_DIFFUSION_STEPS <= s.diffusion_steps <= MAX_DIFFUSION_STEPS,
            f"sampler.diffusion_steps={s.diffusion_steps} must be between {MIN_DIFFUSION_STEPS} and 1000 (the "
            "learned variance needs two steps), or null for the model's default.")  # fmt: skip
-    require(d.num_images >= 1, f"data.num_images={d.num_images} must be at least 1.")
-    require(d.batch_size >= 1, f"data.batch_size={d.batch_size} must be at least 1.")
-    if isinstance(d.labels, str):
-        require_one_of("data.labels", d.labels, ("balanced", "random"))
-    else:
-        labels = list(d.labels)
-        require(len(labels) > 0 and all(0 <= int(c) < a.class_num for c in labels),
-               f"data.labels={labels} must be a non-empty list of class ids in [0, {a.class_num}).")  # fmt: skip
     require(not m.clip_denoised or m.tokenizer.kind == "pixel",
            f"model.clip_denoised=true needs bounded tokens, but {m.tokenizer.kind} latents have no fixed "
            "range; set model.clip_denoised=false (the official MAR setting).")  # fmt: skip
-    if m.init == "pretrained":
-        require(m.weights.registry is not None or m.weights.path is not None,
-               f"model {m.name} wants pretrained weights but names neither model.weights.path nor "
-               "model.weights.registry; set one, or model.init=random.")  # fmt: skip

@@ -51,6 +51,12 @@ class CacheStats:
     head_full_evals: int = 0
     by_layer: dict[str, list[int]] = field(default_factory=dict)
     by_step: list[list[int]] = field(default_factory=list)
+    # causal models: image tokens attended vs. held by a full cache (rows x layers x steps), and the bytes
+    # of the KV caches a generation allocated (its largest batch; per image: bytes / images of that batch)
+    attended_tokens: int = 0
+    context_tokens: int = 0
+    kv_cache_bytes: int = 0
+    kv_cache_bytes_per_img: float = 0.0
 
     def count(self, layer: str, step: int, recomputed: int, total: int) -> None:
         """Record one layer's work at one step."""
@@ -62,8 +68,10 @@ class CacheStats:
     def merge(self, other: CacheStats) -> None:
         """Add another generation's counters (e.g. another batch's) to these."""
         for name in ("full_steps", "reused_steps", "recomputed_tokens", "total_tokens", "head_evals",
-                     "head_full_evals"):  # fmt: skip
+                     "head_full_evals", "attended_tokens", "context_tokens"):  # fmt: skip
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.kv_cache_bytes = max(self.kv_cache_bytes, other.kv_cache_bytes)
+        self.kv_cache_bytes_per_img = max(self.kv_cache_bytes_per_img, other.kv_cache_bytes_per_img)
         for layer, (recomputed, total) in other.by_layer.items():
             self._add(self.by_layer.setdefault(layer, [0, 0]), recomputed, total)
         for step, (recomputed, total) in enumerate(other.by_step):
@@ -87,7 +95,7 @@ class CachePolicy:
     """Base policy = no reuse. Subclasses override the two compute entry points and ``tag``."""
 
     name = "none"
-    model_families: tuple[str, ...] = ("mar",)
+    model_families: tuple[str, ...] = ("mar", "llamagen")
     # True when the work done never depends on tensor values, so FLOPs can be counted on the meta device
     static_shapes = True
     # policy methods whose FLOPs scale with the rows of their first tensor argument and depend on shapes
@@ -127,6 +135,25 @@ class CachePolicy:
     ) -> torch.Tensor:
         """Sampled tokens (R, C) for the predicted rows' conditions z."""
         return model.diffloss.sample(z, x_init, noise_fn, temperature, cfg, diffusion)
+
+    # ---- causal (LlamaGen) models ----------------------------------------------------------------------
+    def kv_caches(self, model, rows: int, device: torch.device) -> list:
+        """One KV cache per layer for a generation of ``rows`` sequences (CFG halves included)."""
+        return model.new_caches(rows, device=device)
+
+    def note_kv_memory(self, caches: list, images: int) -> None:
+        """Record the bytes the caches hold (every cache keeps its keys and values in ``k`` and ``v``)."""
+        nbytes = sum(t.numel() * t.element_size() for c in caches for t in (c.k, c.v))
+        self.stats.kv_cache_bytes = nbytes
+        self.stats.kv_cache_bytes_per_img = nbytes / images
+
+    def decode(self, model, tokens: torch.Tensor, pos: int, caches: list, ctx: StepContext) -> torch.Tensor:
+        """Logits (R, 1, V) of one decode step: ``tokens`` (R, 1) at absolute position ``pos``."""
+        self.stats.full_steps += 1
+        cached = (pos + 1 - model.cls_token_num) * tokens.shape[0] * len(caches)
+        self.stats.attended_tokens += cached
+        self.stats.context_tokens += cached
+        return model.step(tokens, pos, caches)
 
 
 NoCache = CachePolicy

@@ -57,7 +57,11 @@ def test_methods_set_what_their_names_say(name):
 def test_model_presets_validate_and_take_the_readme_cfg(name):
     run = validate(compose_cfg(f"model={name}"))
     assert run.sampler.cfg == run.model.default_cfg
-    assert run.model.arch.seq_len == 256
+    if run.model.family == "llamagen":  # next-token decoding, one step per image token
+        assert run.sampler.name == "ar" and run.sampler.num_iter == run.model.arch.block_size
+        assert run.model.arch.block_size == (256 if name == "tiny_llamagen" else 576)
+    else:
+        assert run.model.arch.seq_len == 256
 
 
 def test_custom_sizes_come_from_arch_overrides():

@@ -1,0 +1,240 @@
+"""ADSA (adaptive dynamic sparse attention) for LlamaGen, as a cache policy (reference/llamagen_adsa.md §7-8).
+
+At each decode step the cached image tokens split into a **prefix** (the first ``prefix`` tokens, which fix
+global style), a **local** window (the last ``local`` tokens, including the one just written: neighbours
+and the row above) and the **previous** tokens in between. Of the previous tokens only the most diverse are
+kept: those whose value vectors are least similar, on average, to the others. The mean cosine similarity
+of u_i = v_i/|v_i| to a set R is u_i . mean(u_R), so ranking costs O(M d) per (row, layer, head), not
+the O(M^2 d) of a pairwise matrix. Condition (class) tokens are always kept and not counted in the budget.
+
+Two modes share that ranking:
+- ``dynamic`` (the paper's dynamic KV cache, the default): a fixed capacity of ``budget`` image slots per
+  layer. Until it is full the cache behaves as the full one; then, before each new token is written, the
+  most redundant previous token is evicted and its slot reused. Memory stays bounded; evictions are final.
+- ``sparse``: the full cache is kept and every step attends to prefix + the ``budget - prefix - local``
+  most diverse previous tokens + local, chosen afresh (for ablations and as a bridge to the baseline).
+With ``budget`` at or above the sequence length both equal the baseline exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lazygen.cache.base import CachePolicy, StepContext
+from lazygen.errors import require, require_one_of
+
+MODES = ("dynamic", "sparse")
+SELECTIONS = ("diverse", "oldest")  # diverse = ADSA's TopK-V; oldest = prefix + sliding window (ablation)
+GRANULARITIES = ("head", "layer")  # rank per KV head, or one ranking per layer (head-mean score)
+REFERENCES = ("previous", "cache")  # the set R the mean similarity runs over
+PREFIX_SHARE = 0.05  # ADSA §3.1: the first 5% of tokens fix style and colour
+LOCAL_ROWS = 2  # ADSA §3.2: the previous token and the same column one row up, with margin
+NORM_EPS = 1e-6
+
+
+@dataclass
+class ADSAConf:
+    """``cache=adsa``: budgets count image tokens; null prefix/local take the reconstruction's defaults."""
+
+    name: str = "adsa"
+    budget: int = 384  # image tokens kept (dynamic: the capacity; sparse: attended per step)
+    prefix: int | None = None  # null: ceil(5% of the image tokens) (29 of 576, 13 of 256)
+    local: int | None = None  # null: two grid rows (48 on 24x24, 32 on 16x16)
+    mode: str = "dynamic"  # dynamic (bounded cache, eviction) | sparse (full cache, per-step selection)
+    select: str = "diverse"  # diverse (least mean V similarity) | oldest (drop the oldest previous tokens)
+    granularity: str = "head"  # head | layer
+    reference: str = "previous"  # previous (the candidates) | cache (every cached image token)
+
+    @property
+    def tag(self) -> str:
+        return f"adsa{self.budget}{'' if self.mode == 'dynamic' else '-sparse'}"
+
+    def regions(self, num_image_tokens: int, grid: int) -> tuple[int, int]:
+        """(prefix, local) sizes for a sequence of ``num_image_tokens`` on a ``grid``-wide raster."""
+        prefix = math.ceil(PREFIX_SHARE * num_image_tokens) if self.prefix is None else self.prefix
+        local = LOCAL_ROWS * grid if self.local is None else self.local
+        return prefix, local
+
+    def check(self, num_image_tokens: int, grid: int) -> None:
+        require_one_of("cache.mode", self.mode, MODES)
+        require_one_of("cache.select", self.select, SELECTIONS)
+        require_one_of("cache.granularity", self.granularity, GRANULARITIES)
+        require_one_of("cache.reference", self.reference, REFERENCES)
+        prefix, local = self.regions(num_image_tokens, grid)
+        require(prefix >= 0 and local >= 1,
+                f"cache.prefix={prefix} and cache.local={local} must be >= 0 and >= 1 (local holds at least the "
+                "token being decoded).")  # fmt: skip
+        require(self.budget > prefix + local,
+                f"cache.budget={self.budget} must exceed cache.prefix + cache.local = {prefix} + {local}, so that "
+                f"some previous tokens are kept; raise the budget or shrink the regions.")  # fmt: skip
+
+
+def diversity_scores(values: torch.Tensor, candidates: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity of each entry's value to the reference entries, in fp32, O(M d).
+
+    values (..., M, d); candidates and reference (..., M) bool. Returns (..., M) with +inf outside the
+    candidates (so they are never the least similar, and argmin/argmax callers can mask as they need).
+    """
+    unit = F.normalize(values.float(), dim=-1, eps=NORM_EPS)
+    weights = reference.to(unit.dtype)
+    mean = (unit * weights.unsqueeze(-1)).sum(-2, keepdim=True) / weights.sum(-1, keepdim=True).clamp(min=1)[
+        ..., None
+    ]
+    scores = (unit * mean).sum(-1)
+    return scores.masked_fill(~candidates, float("inf"))
+
+
+def _share_heads(scores: torch.Tensor, candidates: torch.Tensor, granularity: str) -> torch.Tensor:
+    """One ranking per layer: the head-mean score on every head (candidates are equal across heads then)."""
+    if granularity == "head":
+        return scores
+    finite = scores.masked_fill(~candidates, 0).mean(dim=1, keepdim=True).expand_as(scores)
+    return finite.masked_fill(~candidates, float("inf"))
+
+
+class BoundedKV:
+    """The dynamic KV cache of one layer: condition slots + ``capacity`` image slots, evict-then-write.
+
+    ``pos`` (R, H, slots) holds each slot's absolute position (-1 = empty), per (row, KV head), since rows
+    and heads evict independently; keys keep the RoPE of their original position.
+    """
+
+    def __init__(self, policy: ADSAPolicy, rows: int, heads: int, head_dim: int, dtype, device) -> None:
+        self.policy, self.conf = policy, policy.conf
+        self.n_cond = policy.n_cond
+        slots = self.n_cond + self.conf.budget
+        self.k = torch.zeros(rows, heads, slots, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.pos = torch.full((rows, heads, slots), -1, dtype=torch.long, device=device)
+        self.filled = 0  # occupied slots (equal for every row and head)
+
+    def update(
+        self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, None]:
+        rows, heads, t, _ = k.shape
+        if self.filled + t <= self.k.shape[2]:  # not full: exactly the baseline's append
+            end = self.filled + t
+            self.k[:, :, self.filled : end] = k.to(self.k.dtype)
+            self.v[:, :, self.filled : end] = v.to(self.v.dtype)
+            self.pos[:, :, self.filled : end] = pos.to(self.pos.device)
+            self.filled = end
+        else:
+            if t != 1:
+                raise ValueError("a full ADSA cache takes one new token per step")
+            slot = self.policy.evict(self.v, self.pos, int(pos[0]))  # (R, H)
+            index = slot[..., None, None].expand(-1, -1, 1, k.shape[-1])
+            self.k.scatter_(2, index, k.to(self.k.dtype))
+            self.v.scatter_(2, index, v.to(self.v.dtype))
+            self.pos.scatter_(2, slot[..., None], int(pos[0]))
+        self.policy.record(self.filled - self.n_cond, int(pos[-1]) - self.n_cond + 1, rows)
+        return self.k[:, :, : self.filled], self.v[:, :, : self.filled], None
+
+
+class SparseKV:
+    """The full cache of one layer; each step attends to prefix + the most diverse previous + local."""
+
+    def __init__(self, policy: ADSAPolicy, rows: int, heads: int, length: int, head_dim: int, dtype, device):
+        self.policy, self.conf = policy, policy.conf
+        self.k = torch.zeros(rows, heads, length, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.length = 0
+
+    def update(
+        self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, None]:
+        start, t = int(pos[0]), k.shape[2]
+        self.k[:, :, start : start + t] = k.to(self.k.dtype)
+        self.v[:, :, start : start + t] = v.to(self.v.dtype)
+        self.length = start + t
+        keys, values = self.k[:, :, : self.length], self.v[:, :, : self.length]
+        n_img = self.length - self.policy.n_cond
+        if n_img <= self.conf.budget:
+            self.policy.record(max(n_img, 0), max(n_img, 0), k.shape[0])
+            return keys, values, None
+        if t != 1:
+            raise ValueError("sparse ADSA selection runs one new token per step")
+        keep = self.policy.kept_slots(values, self.length)  # (R, H, n_cond + budget), ascending
+        index = keep[..., None].expand(-1, -1, -1, keys.shape[-1])
+        self.policy.record(self.conf.budget, n_img, k.shape[0])
+        return keys.gather(2, index), values.gather(2, index), None
+
+
+class ADSAPolicy(CachePolicy):
+    """Supplies ADSA's KV caches to the AR sampler; the model attends to whatever they return."""
+
+    name = "adsa"
+    model_families = ("llamagen",)
+
+    def __init__(self, conf: ADSAConf) -> None:
+        super().__init__()
+        self.conf = conf
+        self.n_cond, self.prefix, self.local = 1, 0, 1
+        self.caches: list[BoundedKV | SparseKV] = []
+
+    @property
+    def tag(self) -> str:
+        return self.conf.tag
+
+    def kv_caches(self, model, rows: int, device: torch.device) -> list:
+        arch = model.arch
+        self.n_cond = model.cls_token_num
+        self.prefix, self.local = self.conf.regions(model.num_image_tokens, arch.grid_size)
+        dtype = model.tok_embeddings.weight.dtype
+        if self.conf.mode == "dynamic":
+            make = lambda: BoundedKV(self, rows, arch.kv_heads, arch.head_dim, dtype, device)  # noqa: E731
+        else:
+            make = lambda: SparseKV(self, rows, arch.kv_heads, model.seq_len, arch.head_dim, dtype, device)  # noqa: E731
+        self.caches = [make() for _ in model.layers]
+        return self.caches
+
+    def decode(self, model, tokens: torch.Tensor, pos: int, caches: list, ctx: StepContext) -> torch.Tensor:
+        self.stats.full_steps += 1  # the caches count what each layer attends to (record)
+        return model.step(tokens, pos, caches)
+
+    def record(self, attended: int, cached: int, rows: int) -> None:
+        """One layer's attention at one step: image tokens attended vs. those a full cache would hold."""
+        self.stats.attended_tokens += rows * attended
+        self.stats.context_tokens += rows * cached
+
+    # ---- ranking ---------------------------------------------------------------------------------------
+    def _regions(self, pos: torch.Tensor, current: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Candidate (previous-region) and reference masks of slots holding absolute positions ``pos``.
+
+        ``current`` is the newest position (it is local). Image index i = pos - n_cond.
+        """
+        image = pos - self.n_cond
+        newest = current - self.n_cond
+        is_image = pos >= self.n_cond
+        previous = is_image & (image >= self.prefix) & (image <= newest - self.local)
+        reference = previous if self.conf.reference == "previous" else is_image
+        return previous, reference
+
+    def _rank(self, values: torch.Tensor, previous: torch.Tensor, reference: torch.Tensor, pos: torch.Tensor):
+        """Scores where *larger* means evict / drop first."""
+        if self.conf.select == "oldest":  # keep the most recent previous tokens
+            return (-pos.float()).masked_fill(~previous, float("-inf"))
+        scores = _share_heads(diversity_scores(values, previous, reference), previous, self.conf.granularity)
+        return scores.masked_fill(~previous, float("-inf"))
+
+    def evict(self, values: torch.Tensor, pos: torch.Tensor, new_pos: int) -> torch.Tensor:
+        """The slot (R, H) to overwrite with the token at ``new_pos``: the most redundant previous token."""
+        previous, reference = self._regions(pos, new_pos)
+        if not bool(previous.any(dim=-1).all()):
+            raise RuntimeError("the ADSA cache is full of prefix and local tokens; raise cache.budget")
+        return self._rank(values, previous, reference, pos).argmax(dim=-1)  # ties: the lowest slot
+
+    def kept_slots(self, values: torch.Tensor, length: int) -> torch.Tensor:
+        """Sparse mode: ascending slots (R, H, n_cond + budget) to attend to over a full cache."""
+        rows, heads, slots = values.shape[:3]
+        pos = torch.arange(slots, device=values.device).expand(rows, heads, -1)
+        previous, reference = self._regions(pos, length - 1)
+        keep_previous = self.conf.budget - self.prefix - self.local
+        drop_first = self._rank(values, previous, reference, pos).masked_fill(~previous, float("inf"))
+        chosen = drop_first.topk(keep_previous, dim=-1, largest=False).indices  # the least redundant
+        keep = (~previous).scatter(-1, chosen, True)  # condition, prefix and local slots are always kept
+        order = keep.to(torch.int8).argsort(dim=-1, descending=True, stable=True)
+        return order[..., : self.n_cond + self.conf.budget].sort(dim=-1).values

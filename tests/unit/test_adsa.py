@@ -1,0 +1,116 @@
+"""cache=adsa: the O(M d) ranking, the dynamic cache's bounds, and exact equality at full budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import compose_cfg
+
+from lazygen.build import build_policy
+from lazygen.cache.adsa import ADSAConf, ADSAPolicy, BoundedKV, diversity_scores
+from lazygen.cache.base import CachePolicy
+from lazygen.config import validate
+from lazygen.errors import ConfigError
+from lazygen.models.llamagen import LlamaGen, LlamaGenArch
+from lazygen.samplers.ar import ARSampler, ARSamplerConf
+
+ARCH = LlamaGenArch(dim=32, n_layer=2, n_head=4, multiple_of=32, vocab_size=16, num_classes=10, block_size=64)
+LABELS, SEEDS = torch.tensor([1, 7, 3]), [0, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def model() -> LlamaGen:
+    torch.manual_seed(0)
+    return LlamaGen(ARCH).eval()
+
+
+def generate(model, policy: CachePolicy, cfg: float = 2.0) -> torch.Tensor:
+    return ARSampler(ARSamplerConf(num_iter=64, cfg=cfg)).sample(model, LABELS, SEEDS, policy)
+
+
+def test_mean_vector_ranking_equals_the_pairwise_mean_cosine() -> None:
+    torch.manual_seed(0)
+    values = torch.randn(2, 3, 40, 8)
+    candidates = torch.rand(2, 3, 40) > 0.3
+    scores = diversity_scores(values, candidates, candidates)
+    unit = torch.nn.functional.normalize(values, dim=-1)
+    pairwise = unit @ unit.transpose(-1, -2)  # (2, 3, 40, 40)
+    mean = (pairwise * candidates[..., None, :]).sum(-1) / candidates.sum(-1, keepdim=True)
+    assert torch.allclose(scores[candidates], mean[candidates], atol=1e-5)
+    assert torch.isinf(scores[~candidates]).all()
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "sparse"])
+def test_full_budget_equals_the_baseline_exactly(model, mode: str) -> None:
+    baseline = generate(model, CachePolicy())
+    adsa = generate(model, ADSAPolicy(ADSAConf(budget=64, mode=mode)))
+    assert torch.equal(adsa, baseline)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "sparse"])
+def test_a_smaller_budget_changes_the_images_and_attends_to_the_budget(model, mode: str) -> None:
+    policy = ADSAPolicy(ADSAConf(budget=32, mode=mode))
+    out = generate(model, policy)
+    assert not torch.equal(out, generate(model, CachePolicy()))
+    # per layer and row, step t attends to min(t + 1, 32) of t + 1 image tokens (both CFG halves)
+    expected = sum(min(n, 32) for n in range(1, 64)) * 6 * ARCH.n_layer
+    assert policy.stats.attended_tokens == expected
+    assert policy.stats.context_tokens == sum(range(1, 64)) * 6 * ARCH.n_layer
+
+
+@pytest.mark.parametrize("granularity", ["head", "layer"])
+def test_dynamic_cache_stays_bounded_and_keeps_prefix_and_local(model, granularity: str) -> None:
+    conf = ADSAConf(budget=32, granularity=granularity)
+    policy = ADSAPolicy(conf)
+    generate(model, policy)
+    prefix, local = conf.regions(64, 8)
+    assert (prefix, local) == (4, 16)
+    for cache in policy.caches:
+        assert cache.k.shape[2] == cache.v.shape[2] == 1 + 32 and cache.filled == 33  # never grows
+        held = cache.pos  # (rows, heads, slots) absolute positions
+        assert (held[..., 0] == 0).all()  # the class token is never evicted
+        image = held[..., 1:] - 1
+        for kept in [*range(prefix), *range(63 - local + 1, 63)]:  # token 63 is sampled, never fed
+            assert (image == kept).any(dim=-1).all()
+        assert (image.sort(dim=-1).values.diff(dim=-1) > 0).all()  # every position at most once
+        if granularity == "layer":
+            assert (held == held[:, :1]).all()  # one ranking per layer: the heads keep the same tokens
+    assert policy.stats.kv_cache_bytes == sum(c.k.numel() * 4 * 2 for c in policy.caches)
+
+
+def test_eviction_takes_the_most_redundant_previous_token() -> None:
+    policy = ADSAPolicy(ADSAConf(budget=8, prefix=1, local=2))
+    policy.n_cond, policy.prefix, policy.local = 1, 1, 2
+    cache = BoundedKV(policy, rows=1, heads=1, head_dim=2, dtype=torch.float32, device=torch.device("cpu"))
+    # class token, then image tokens 0..7: token 3 points along the mean of the previous ones
+    values = torch.tensor([[0, 0], [5, 5], [1, 0], [0, 1], [1, 1], [1, -1], [-1, 1], [0.2, 1], [3, 3]])
+    for position, value in enumerate(values):
+        cache.update(value.view(1, 1, 1, 2), value.view(1, 1, 1, 2), torch.tensor([position]))
+    assert cache.filled == 9  # full now; token 8 arrives next
+    previous = [p for p in range(1, 9) if 1 <= p - 1 <= 8 - 2]  # image 1..6 (prefix 0, local 7 and 8)
+    unit = torch.nn.functional.normalize(values[previous], dim=-1)
+    expected = previous[int((unit @ unit.mean(0)).argmax())]
+    new = torch.tensor([[[[9.0, 9.0]]]])
+    cache.update(new, new, torch.tensor([9]))
+    assert expected not in cache.pos.flatten().tolist() and 9 in cache.pos.flatten().tolist()
+
+
+def test_adsa_through_the_config() -> None:
+    run = validate(compose_cfg("model=tiny_llamagen", "model.init=random", "cache=adsa", "cache.budget=96"))
+    policy = build_policy(run.cache)
+    assert isinstance(policy, ADSAPolicy) and policy.tag == "adsa96"
+    assert run.cache.regions(256, 16) == (13, 32)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [(["model=tiny_llamagen", "cache=adsa", "cache.budget=40"], "must exceed cache.prefix"),
+     (["model=tiny_llamagen", "cache=adsa", "cache.mode=greedy"], "cache.mode"),
+     (["model=tiny_llamagen", "cache=lazymar"], "cannot run model=tiny_llamagen"),
+     (["model=tiny_mar", "cache=adsa"], "cannot run model=tiny_mar"),
+     (["model=tiny_llamagen", "sampler=mar"], "cannot decode model=tiny_llamagen"),
+     (["model=tiny_llamagen", "sampler.top_p=1.5"], "sampler.top_p")],
+)  # fmt: skip
+def test_bad_llamagen_settings_are_clear_errors(overrides: list[str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        validate(compose_cfg(*overrides))
