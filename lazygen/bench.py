@@ -34,16 +34,17 @@ FLOP_MODELS = ("mar_b", "mar_l", "mar_h")
 WARM_UP_STEPS = 2  # AR and diffusion steps of the untimed warm-up generation
 
 
-def generator_for(model: str, cache: str, num_iter: int, device: str, *overrides: str) -> Generator:
+def generator_for(model: str, cache: str, num_iter: int | None, device: str, *overrides: str) -> Generator:
     """The run a user gets from ``python -m lazygen model=<model> cache=<cache>`` (ImageNet models random)."""
     config_dir = CONFIG_PATH if not CONFIG_PATH.startswith("pkg://") else None
     if config_dir is None:  # installed wheel: the package's conf directory
         from importlib.resources import files
 
         config_dir = str(files("lazygen.conf"))
-    init = ["model.init=random"] if model.startswith("mar_") else []
+    init = ["model.init=random"] if model.startswith(("mar_", "llamagen_")) else []
     # a row that picks its own sampler settings (e.g. sampler=gtr) keeps its own step count
-    steps = [] if any(o.startswith("sampler") for o in overrides) else [f"sampler.num_iter={num_iter}"]
+    own = num_iter is None or any(o.startswith("sampler") for o in overrides)
+    steps = [] if own else [f"sampler.num_iter={num_iter}"]
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
         cfg = compose("config", overrides=[f"model={model}", f"cache={cache}", *steps, *init, *overrides])
     return make_generator(validate(cfg), device)

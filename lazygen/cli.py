@@ -27,7 +27,8 @@ CONFIG_PATH = str(_CHECKOUT_CONF) if (_CHECKOUT_CONF / "config.yaml").exists() e
 SUMMARY_KEYS = (
     "meta/num_images", "perf/latency_s_per_img", "perf/throughput_img_per_s", "flops/tflops_per_img",
     "quality/fid", "quality/is_mean", "quality/class_acc", "perf/speedup", "flops/speedup",
-    "quality/psnr_vs_baseline", "cache/recompute_frac", "cache/full_steps",
+    "quality/psnr_vs_baseline", "cache/recompute_frac", "cache/full_steps", "cache/attended_frac",
+    "mem/kv_cache_bytes_per_img", "mem/peak_bytes",
 )  # fmt: skip
 
 

@@ -29,13 +29,16 @@ from lazygen.errors import LazygenError
 from lazygen.metrics.quality import psnr
 from lazygen.run import METRICS_FILE, NPZ_FILE, PSNR_CAP_DB
 
-COLUMNS = (  # (header, metrics key, format)
-    ("TFLOPs/img", "flops/tflops_per_img", "{:.4f}"),
-    ("FID", "quality/fid", "{:.1f}"),
-    ("IS", "quality/is_mean", "{:.2f}"),
-    ("class acc", "quality/class_acc", "{:.3f}"),
-    ("recompute", "cache/recompute_frac", "{:.3f}"),
-    ("s/img", "perf/latency_s_per_img", "{:.3f}"),
+MIB = 2**20
+COLUMNS = (  # (header, metrics key, format, scale)
+    ("TFLOPs/img", "flops/tflops_per_img", "{:.4f}", 1),
+    ("FID", "quality/fid", "{:.1f}", 1),
+    ("IS", "quality/is_mean", "{:.2f}", 1),
+    ("class acc", "quality/class_acc", "{:.3f}", 1),
+    ("recompute", "cache/recompute_frac", "{:.3f}", 1),
+    ("attended", "cache/attended_frac", "{:.3f}", 1),
+    ("KV MiB/img", "mem/kv_cache_bytes_per_img", "{:.3f}", 1 / MIB),
+    ("s/img", "perf/latency_s_per_img", "{:.3f}", 1),
 )
 
 
@@ -117,13 +120,15 @@ def _distinct(overrides: list[str]) -> list[str]:
 
 
 def markdown(rows: list[dict]) -> str:
-    header = ["run", *[c[0] for c in COLUMNS], "FLOP speedup", "PSNR vs baseline (dB)"]
+    """The table; a metric no run reports (e.g. KV memory for MAR) gets no column."""
+    columns = [c for c in COLUMNS if any(c[1] in r["metrics"] for r in rows)]
+    header = ["run", *[c[0] for c in columns], "FLOP speedup", "PSNR vs baseline (dB)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row, name in zip(rows, _distinct([r["overrides"] for r in rows]), strict=True):
         cells = [name]
-        for _, key, fmt in COLUMNS:
+        for _, key, fmt, scale in columns:
             value = row["metrics"].get(key)
-            cells.append(fmt.format(value) if value is not None else "–")
+            cells.append(fmt.format(value * scale) if value is not None else "–")
         cells.append(f"{row['flop_speedup']:.2f}×" if "flop_speedup" in row else "–")
         cells.append(
             f"{row['psnr_vs_baseline']:.2f}" if row["psnr_vs_baseline"] < PSNR_CAP_DB else "baseline"

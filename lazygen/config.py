@@ -81,6 +81,10 @@ class ModelConf:
     clip_denoised: bool = False  # clamp the diffusion head's x0 to the tokens' range (bounded pixel tokens)
     evaluator: EvaluatorConf = field(default_factory=EvaluatorConf)
 
+    @property
+    def num_classes(self) -> int:
+        return self.arch.class_num
+
 
 @dataclass
 class LlamaGenModelConf:
@@ -100,6 +104,10 @@ class LlamaGenModelConf:
     default_cfg: float = 1.75
     default_num_iter: int = 576  # one token per step
     evaluator: EvaluatorConf = field(default_factory=EvaluatorConf)
+
+    @property
+    def num_classes(self) -> int:
+        return self.arch.num_classes
 
 
 # The schema of the model group, chosen by its ``family``.
@@ -331,7 +339,7 @@ def _validate_values(run: RunConf) -> None:
     require(s.temperature > 0, f"sampler.temperature={s.temperature} must be positive (1.0 is the default).")
     require(d.num_images >= 1, f"data.num_images={d.num_images} must be at least 1.")
     require(d.batch_size >= 1, f"data.batch_size={d.batch_size} must be at least 1.")
-    num_classes = m.arch.class_num if isinstance(m, ModelConf) else m.arch.num_classes
+    num_classes = m.num_classes
     if isinstance(d.labels, str):
         require_one_of("data.labels", d.labels, ("balanced", "random"))
     else:

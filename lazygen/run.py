@@ -227,7 +227,7 @@ def quality_metrics(run: RunConf, images: np.ndarray, labels: list[int], home: P
     if reference in REGISTRY:
         reference = str(resolve_weight(reference, home=home, config_key="metrics.quality.reference_stats"))
     meter = QualityMeter(extractor, reference_stats=reference, splits=run.metrics.quality.is_splits)
-    judge_classes = getattr(extractor, "num_classes", None) == run.model.arch.class_num
+    judge_classes = getattr(extractor, "num_classes", None) == run.model.num_classes
     batch = max(1, run.data.batch_size)
     for i in range(0, len(images), batch):
         chunk = torch.from_numpy(images[i : i + batch]).permute(0, 3, 1, 2).contiguous()
@@ -254,10 +254,16 @@ def cache_metrics(records: list[dict]) -> tuple[dict[str, float], dict]:
     metrics = {
         "cache/full_steps": total.full_steps / len(batches),
         "cache/reused_steps": total.reused_steps / len(batches),
-        "cache/recompute_frac": share(total.recomputed_tokens, total.total_tokens),
     }
+    if total.total_tokens:  # MAR's transformer work (causal models count attention instead, below)
+        metrics["cache/recompute_frac"] = share(total.recomputed_tokens, total.total_tokens)
     if total.head_evals:
         metrics["cache/head_full_frac"] = total.head_full_evals / total.head_evals
+    if total.context_tokens:  # causal models: the share of cached image tokens that attention saw
+        metrics["cache/attended_frac"] = total.attended_tokens / total.context_tokens
+    if total.kv_cache_bytes:
+        metrics["mem/kv_cache_bytes"] = float(total.kv_cache_bytes)
+        metrics["mem/kv_cache_bytes_per_img"] = total.kv_cache_bytes_per_img
     by_layer = {layer: share(*counts) for layer, counts in total.by_layer.items()}
     metrics.update({f"cache/recompute_frac/{layer}": value for layer, value in by_layer.items()})
     detail = {
@@ -279,7 +285,7 @@ def run_job(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> d
     if run.hardware.num_threads:
         torch.set_num_threads(run.hardware.num_threads)
     home = Path(str(cfg.paths.weights_dir)) if "paths" in cfg else None
-    specs = build_specs(run.data.num_images, run.model.arch.class_num, run.data.labels, run.data.seed)
+    specs = build_specs(run.data.num_images, run.model.num_classes, run.data.labels, run.data.seed)
     records = read_batch_records(run_dir)
     done = finished_indices(run_dir, records)
     todo = [s for s in specs if s.index not in done]
@@ -305,6 +311,9 @@ def run_job(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> d
     Image.fromarray(grid).save(run_dir / GRID_FILE)
     if run.metrics.latency:
         metrics.update(latency_metrics(records))
+    peaks = [r["peak_mem_bytes"] for r in records if r.get("peak_mem_bytes")]
+    if peaks:  # GPU: peak allocated during a batch; CPU: the process's peak resident set
+        metrics["mem/peak_bytes"] = float(max(peaks))
     cache, cache_detail = cache_metrics(records)
     metrics.update(cache)
     if cache_detail:

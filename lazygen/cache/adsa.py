@@ -222,9 +222,7 @@ class ADSAPolicy(CachePolicy):
 
     def evict(self, values: torch.Tensor, pos: torch.Tensor, new_pos: int) -> torch.Tensor:
         """The slot (R, H) to overwrite with the token at ``new_pos``: the most redundant previous token."""
-        previous, reference = self._regions(pos, new_pos)
-        if not bool(previous.any(dim=-1).all()):
-            raise RuntimeError("the ADSA cache is full of prefix and local tokens; raise cache.budget")
+        previous, reference = self._regions(pos, new_pos)  # never empty: budget > prefix + local (check)
         return self._rank(values, previous, reference, pos).argmax(dim=-1)  # ties: the lowest slot
 
     def kept_slots(self, values: torch.Tensor, length: int) -> torch.Tensor:

@@ -90,6 +90,7 @@ class SampleWriter(BasePredictionWriter):
             "labels": [int(c) for c in prediction["label"]],
             "seconds": float(prediction["seconds"]),
             "cache": prediction.get("cache", {}),
+            "peak_mem_bytes": int(prediction.get("peak_mem_bytes", 0)),
         }
         with open(self.run_dir / STATS_DIR / f"rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -7,6 +7,7 @@ in the model, the sampler and the cache policy.
 
 from __future__ import annotations
 
+import resource
 import time
 from dataclasses import dataclass
 
@@ -33,12 +34,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+KIB = 1024
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory: allocated on the GPU since the last reset, else the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB  # Linux reports KiB
+
+
 @dataclass
 class Generated:
     images: torch.Tensor  # (B, H, W, 3) uint8
     latents: torch.Tensor  # (B, C, h, w) float32, latent-scaled
     seconds: float  # wall-clock of sampling + decoding, device synchronized
     cache: CacheStats  # what the policy recomputed for this batch
+    peak_mem_bytes: int = 0  # see peak_memory_bytes
 
 
 class Generator(nn.Module):
@@ -60,11 +72,14 @@ class Generator(nn.Module):
             np.random.seed(seeds[0] % NUMPY_SEED_MOD)
         self.policy.stats = CacheStats()
         sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         latents = self.sampler.sample(self.model, labels, seeds, self.policy)
         images = to_uint8_images(self.tokenizer.decode_tokens_latent(latents))
         sync(device)
-        return Generated(images, latents.float(), time.perf_counter() - start, self.policy.stats)
+        seconds = time.perf_counter() - start
+        return Generated(images, latents.float(), seconds, self.policy.stats, peak_memory_bytes(device))
 
 
 class GenerationModule(L.LightningModule):
@@ -83,4 +98,5 @@ class GenerationModule(L.LightningModule):
             "latents": out.latents.cpu(),
             "seconds": out.seconds,
             "cache": out.cache.counters(),
+            "peak_mem_bytes": out.peak_mem_bytes,
         }

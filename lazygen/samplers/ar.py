@@ -125,7 +125,8 @@ class ARSampler:
         policy.reset(batch)
         caches = policy.kv_caches(model, len(rows), device)
         policy.note_kv_memory(caches, batch)
-        out = torch.empty(batch, length, dtype=torch.long, pin_memory=device.type == "cuda")
+        host = device if device.type == "meta" else torch.device("cpu")  # shape-only runs stay on meta
+        out = torch.empty(batch, length, dtype=torch.long, device=host, pin_memory=device.type == "cuda")
         guide = True
         token = draws.draw(self.probabilities(self.guided(model.prefill(rows, caches), guide)), 0)  # (B, 1)
         out[:, :1].copy_(token, non_blocking=True)

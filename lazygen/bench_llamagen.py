@@ -1,0 +1,130 @@
+"""``make bench`` (LlamaGen part): KV-cache memory, FLOPs and CPU wall-clock of ADSA against the full cache.
+
+Memory and FLOPs: a LlamaGen (random weights, meta device: nothing is allocated) at its full context and
+at each ADSA budget. KV bytes are those of the caches a generation allocates, per image with CFG (two rows)
+in the model's inference dtype (bf16 by default, as the official sampler), and for a batch. FLOPs per image
+are counted on the meta device over the whole generation (prefill, every decode step, the VQ decoder).
+Wall-clock: tiny_llamagen generates the same seeded batch with the full cache and with each budget,
+alternately after one untimed warm-up each, in this process: the ratios are measured under equal conditions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from lazygen.bench import generator_for
+from lazygen.metrics.perf import measure_flops
+
+MIB = 2**20
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def variant(budget: int | None) -> tuple[str, ...]:
+    return ("cache=none",) if budget is None else ("cache=adsa", f"cache.budget={budget}")
+
+
+def kv_bytes(model_name: str, budget: int | None, batch: int, dtype: torch.dtype) -> int:
+    """Bytes of the KV caches one generation of ``batch`` images (CFG: 2 rows each) allocates."""
+    gen = generator_for(
+        model_name, variant(budget)[0].removeprefix("cache="), None, "meta", *variant(budget)[1:]
+    )
+    model = gen.model.to(dtype)
+    rows = 2 * batch if gen.sampler.conf.cfg != 1.0 else batch
+    gen.policy.reset(batch)
+    caches = gen.policy.kv_caches(model, rows, torch.device("meta"))
+    return sum(t.numel() * t.element_size() for c in caches for t in (c.k, c.v))
+
+
+def memory_flop_rows(model_name: str, budgets: list[int], batch: int, dtype: str, flops: bool) -> dict:
+    rows: dict[str, dict] = {}
+    full = None
+    for budget in [None, *budgets]:
+        key = "full" if budget is None else f"adsa{budget}"
+        cache = "none" if budget is None else "adsa"
+        extra = variant(budget)[1:]
+        per_img = kv_bytes(model_name, budget, 1, DTYPES[dtype])
+        row = {"kv_bytes_per_img": per_img, "kv_mib_per_img": round(per_img / MIB, 3),
+               f"kv_gib_batch{batch}": round(kv_bytes(model_name, budget, batch, DTYPES[dtype]) / 2**30, 3)}  # fmt: skip
+        if flops:
+            report = measure_flops(
+                lambda dev, c=cache, e=extra: generator_for(model_name, c, None, dev, *e),
+                torch.tensor([0]),
+                [0],
+                "meta",
+            )
+            row["tflops_per_img"] = round(report.tflops_per_img, 4)
+            row["tflops_per_img_decoder"] = round(report.tflops_per_img_decoder, 4)
+        if full is not None:
+            row["kv_saving"] = round(1 - per_img / full["kv_bytes_per_img"], 4)
+            if flops:
+                row["flop_speedup"] = round(full["tflops_per_img"] / row["tflops_per_img"], 4)
+        full = full or row
+        rows[key] = row
+        print(json.dumps({"memory_flops": {model_name: {key: row}}}), flush=True)
+    return rows
+
+
+def latency_rows(model_name: str, budgets: list[int], batch: int, repeats: int) -> dict:
+    """Seconds per image with the full cache and each budget, alternating on one seeded batch."""
+    gens = {"full": generator_for(model_name, "none", None, "cpu")}
+    for budget in budgets:
+        gens[f"adsa{budget}"] = generator_for(model_name, "adsa", None, "cpu", f"cache.budget={budget}")
+    base = gens["full"]
+    for gen in gens.values():  # one network
+        gen.model, gen.tokenizer = base.model, base.tokenizer
+    labels = torch.arange(batch) % base.model.arch.num_classes
+    seeds = list(range(batch))
+    for gen in gens.values():  # untimed warm-up
+        gen.generate(labels[:1], seeds[:1])
+    seconds = dict.fromkeys(gens, 0.0)
+    for _ in range(repeats):
+        for key, gen in gens.items():
+            seconds[key] += gen.generate(labels, seeds).seconds
+    per_img = {k: s / (batch * repeats) for k, s in seconds.items()}
+    row = {"batch": batch, "repeats": repeats, "threads": torch.get_num_threads(),
+           **{f"{k}_s_per_img": round(v, 4) for k, v in per_img.items()}}  # fmt: skip
+    for key in gens:
+        if key != "full":
+            row[f"{key}_wall_speedup"] = round(per_img["full"] / per_img[key], 3)
+    print(json.dumps({"latency": {model_name: row}}), flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--model", default="llamagen_xl", help="model for KV memory and FLOPs (random weights)"
+    )
+    parser.add_argument("--budgets", nargs="*", type=int, default=[384, 256])
+    parser.add_argument("--batch", type=int, default=32, help="images of the batch whose KV memory is shown")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="bf16")
+    parser.add_argument("--no-flops", action="store_true", help="skip the (slow) FLOP count")
+    parser.add_argument(
+        "--latency-model", default="tiny_llamagen", help="model to time on this CPU ('' skips)"
+    )
+    parser.add_argument("--latency-budgets", nargs="*", type=int, default=[128, 96])
+    parser.add_argument("--latency-batch", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--out", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args()
+    results = {
+        "memory_flops": {
+            args.model: memory_flop_rows(args.model, args.budgets, args.batch, args.dtype, not args.no_flops)
+        }
+    }
+    if args.latency_model:
+        results["latency"] = {
+            args.latency_model: latency_rows(
+                args.latency_model, args.latency_budgets, args.latency_batch, args.repeats
+            )
+        }
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
