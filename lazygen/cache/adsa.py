@@ -103,10 +103,12 @@ class BoundedKV:
     and heads evict independently; keys keep the RoPE of their original position.
     """
 
-    def __init__(self, policy: ADSAPolicy, rows: int, heads: int, head_dim: int, dtype, device) -> None:
+    def __init__(
+        self, policy: ADSAPolicy, rows: int, heads: int, capacity: int, head_dim: int, dtype, device
+    ):
         self.policy, self.conf = policy, policy.conf
         self.n_cond = policy.n_cond
-        slots = self.n_cond + self.conf.budget
+        slots = self.n_cond + capacity
         self.k = torch.zeros(rows, heads, slots, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
         self.pos = torch.full((rows, heads, slots), -1, dtype=torch.long, device=device)
@@ -185,7 +187,8 @@ class ADSAPolicy(CachePolicy):
         self.prefix, self.local = self.conf.regions(model.num_image_tokens, arch.grid_size)
         dtype = model.tok_embeddings.weight.dtype
         if self.conf.mode == "dynamic":
-            make = lambda: BoundedKV(self, rows, arch.kv_heads, arch.head_dim, dtype, device)  # noqa: E731
+            capacity = min(self.conf.budget, model.num_image_tokens)  # a larger budget never evicts
+            make = lambda: BoundedKV(self, rows, arch.kv_heads, capacity, arch.head_dim, dtype, device)  # noqa: E731
         else:
             make = lambda: SparseKV(self, rows, arch.kv_heads, model.seq_len, arch.head_dim, dtype, device)  # noqa: E731
         self.caches = [make() for _ in model.layers]

@@ -43,8 +43,11 @@ def test_mean_vector_ranking_equals_the_pairwise_mean_cosine() -> None:
 @pytest.mark.parametrize("mode", ["dynamic", "sparse"])
 def test_full_budget_equals_the_baseline_exactly(model, mode: str) -> None:
     baseline = generate(model, CachePolicy())
-    adsa = generate(model, ADSAPolicy(ADSAConf(budget=64, mode=mode)))
-    assert torch.equal(adsa, baseline)
+    policy = ADSAPolicy(ADSAConf(budget=100, mode=mode))  # above the 64 tokens: capped, never evicts
+    assert torch.equal(generate(model, policy), baseline)
+    assert policy.stats.attended_tokens == policy.stats.context_tokens
+    if mode == "dynamic":
+        assert all(c.k.shape[2] == 1 + 64 for c in policy.caches)
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "sparse"])
@@ -81,7 +84,7 @@ def test_dynamic_cache_stays_bounded_and_keeps_prefix_and_local(model, granulari
 def test_eviction_takes_the_most_redundant_previous_token() -> None:
     policy = ADSAPolicy(ADSAConf(budget=8, prefix=1, local=2))
     policy.n_cond, policy.prefix, policy.local = 1, 1, 2
-    cache = BoundedKV(policy, rows=1, heads=1, head_dim=2, dtype=torch.float32, device=torch.device("cpu"))
+    cache = BoundedKV(policy, 1, 1, capacity=8, head_dim=2, dtype=torch.float32, device=torch.device("cpu"))
     # class token, then image tokens 0..7: token 3 points along the mean of the previous ones
     values = torch.tensor([[0, 0], [5, 5], [1, 0], [0, 1], [1, 1], [1, -1], [-1, 1], [0.2, 1], [3, 3]])
     for position, value in enumerate(values):

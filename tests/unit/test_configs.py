@@ -44,6 +44,12 @@ def test_experiment_presets_compose_and_validate(name):
         )
 
 
+    if name.startswith("adsa_"):  # ADSA's tables and ablations: LlamaGen with the ADSA cache
+        assert run.model.family == "llamagen" and run.cache.name == "adsa" and run.sampler.name == "ar"
+        if name.startswith("adsa_ablation_"):
+            assert run.model.name == "llamagen_xl" and run.cache.budget == 384
+
+
 @pytest.mark.parametrize("name", METHODS)
 def test_methods_set_what_their_names_say(name):
     run = validate(compose_cfg("model=mar_b", f"method={name}"))
