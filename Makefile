@@ -27,9 +27,10 @@ run:  ## the embedded CPU default run
 bench:  ## FLOPs per image of MAR-B/L/H with and without LazyMAR (meta device) and CPU wall-clock speedups
 	$(PYTHON) -m lazygen.bench
 
-train-tiny:  ## retrain the shipped evaluator and tiny_mar on digits16 into lazygen/assets (~35 min, CPU)
+train-tiny:  ## retrain the shipped evaluator, tiny_mar and tiny_llamagen on digits16 into lazygen/assets (~60 min, CPU)
 	$(PYTHON) -m lazygen.train recipe=evaluator data=digits16 export_dir=lazygen/assets
 	$(PYTHON) -m lazygen.train model=tiny_mar data=digits16 export_dir=lazygen/assets
+	$(PYTHON) -m lazygen.train recipe=llamagen model=tiny_llamagen data=digits16 export_dir=lazygen/assets
 
 floor:  ## FID / IS / class accuracy of the real held-out digits (what generated digits can reach)
 	$(PYTHON) -m lazygen.floor

@@ -1,7 +1,8 @@
 """``python -m lazygen.train``: train the tiny models lazygen ships, with Lightning ``fit``.
 
-``recipe=mar`` (default) trains a MAR (``model=tiny_mar``) on ``data=digits16``; ``recipe=evaluator``
-trains the digits16 classifier that measures FID/IS/class accuracy and writes the reference statistics
+``recipe=mar`` (default) trains a MAR (``model=tiny_mar``) on ``data=digits16``; ``recipe=llamagen`` trains a
+LlamaGen (``model=tiny_llamagen``) on the digits as raster sequences of intensity-level tokens;
+``recipe=evaluator`` trains the digits16 classifier that measures FID/IS/class accuracy and writes the reference statistics
 of the real training digits. Each run exports the EMA weights as safetensors plus a manifest (sha256, the
 exact command, the commit, the final loss) into ``export_dir``; ``export_dir=lazygen/assets`` replaces
 the shipped files. An interrupted run resumes from ``<run dir>/checkpoints/last.ckpt``.
@@ -9,6 +10,7 @@ the shipped files. An interrupted run resumes from ``<run dir>/checkpoints/last.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import time
@@ -27,13 +29,15 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 
 from lazygen.cli import CONFIG_PATH, exit_with_user_error
-from lazygen.config import HardwareConf, ModelConf, typed_group
+from lazygen.config import MODEL_SCHEMAS, HardwareConf, LlamaGenModelConf, ModelConf, typed_group
 from lazygen.data.digits16 import DatasetConf, load_digits16, to_uint8_rgb
 from lazygen.errors import ConfigError, LazygenError
-from lazygen.lit.training import ClassifierFitModule, MARFitModule, RecipeConf
+from lazygen.lit.training import ARFitModule, ClassifierFitModule, MARFitModule, RecipeConf
 from lazygen.weights import sha256_of
 
-RECIPES = ("mar", "evaluator")
+RECIPES = ("mar", "llamagen", "evaluator")
+# the generator recipes: the model family each trains, the tokenizer its tokens come from, the shipped model
+GENERATORS = {"mar": ("mar", "pixel", "tiny_mar"), "llamagen": ("llamagen", "levels", "tiny_llamagen")}
 LOSS_WINDOW = 100  # the reported final loss is the mean over the last steps
 EVALUATOR_NAME = "digits16_evaluator"
 REFERENCE_STATS_NAME = "digits16_reference_stats.npz"
@@ -83,18 +87,52 @@ def _module(cfg: DictConfig, recipe: RecipeConf, seed: int) -> tuple[L.Lightning
 
         torch.manual_seed(seed)
         return ClassifierFitModule(DigitsClassifier(), recipe, seed), EVALUATOR_NAME
-    from lazygen.build import build_tokenizer
+    from lazygen.build import build_model, build_tokenizer
     from lazygen.models.mar.mar import MAR
 
-    model_conf: ModelConf = typed_group("model", ModelConf, cfg.model)
-    if model_conf.tokenizer.kind != "pixel":
-        raise ConfigError(
-            f"model={model_conf.name} decodes with a {model_conf.tokenizer.kind} tokenizer; lazygen.train "
-            "trains pixel-token models on digits16 (model=tiny_mar)."
-        )
+    model_conf = _generator_conf(cfg, recipe)
+    tokenizer = build_tokenizer(model_conf)
+    if isinstance(model_conf, LlamaGenModelConf):
+        # seeded by model.init_seed; build_model hands back eval mode, which Lightning leaves as it is
+        model = build_model(dataclasses.replace(model_conf, init="random")).train()
+        return ARFitModule(model, tokenizer, recipe, seed), model_conf.name
     torch.manual_seed(model_conf.init_seed)
     model = MAR(model_conf.arch)
-    return MARFitModule(model, build_tokenizer(model_conf), recipe, seed), model_conf.name
+    return MARFitModule(model, tokenizer, recipe, seed), model_conf.name
+
+
+def _generator_conf(cfg: DictConfig, recipe: RecipeConf) -> ModelConf | LlamaGenModelConf:
+    """The model group, checked against the recipe: each generator recipe trains one family on one tokenizer."""
+    family, tokenizer, shipped = GENERATORS[recipe.target]
+    name, got = cfg.model.get("name", "?"), str(cfg.model.get("family", "mar"))
+    if got != family:
+        hint = next(
+            (f" or recipe={r} to train this {got} model" for r, g in GENERATORS.items() if g[0] == got), ""
+        )
+        raise ConfigError(
+            f"recipe={recipe.target} trains a {family} model, but model={name} is a {got} model; pass "
+            f"model={shipped}{hint}."
+        )
+    model_conf = typed_group("model", MODEL_SCHEMAS[family], cfg.model)
+    if model_conf.tokenizer.kind != tokenizer:
+        raise ConfigError(
+            f"model={name} decodes with a {model_conf.tokenizer.kind} tokenizer; recipe={recipe.target} trains "
+            f"{tokenizer}-token models on digits16 (model={shipped})."
+        )
+    if isinstance(model_conf, LlamaGenModelConf):
+        arch, levels, side = model_conf.arch, model_conf.tokenizer.levels, int(cfg.data.image_size)
+        if arch.vocab_size != levels or arch.block_size != side * side:
+            raise ConfigError(
+                f"model={name} has vocab_size={arch.vocab_size} and block_size={arch.block_size}, but the "
+                f"{levels}-level tokenizer on {side}x{side} images gives {levels} token ids and {side * side} "
+                "tokens per image; make them agree."
+            )
+        if recipe.label_drop_prob > 0 and arch.class_dropout_prob <= 0:
+            raise ConfigError(
+                f"recipe.label_drop_prob={recipe.label_drop_prob} needs the null class, but model={name} has "
+                "model.arch.class_dropout_prob=0 (no null-class row); set it to 0.1 or the label drop to 0."
+            )
+    return model_conf
 
 
 def _evaluator_extras(module: ClassifierFitModule, data: DatasetConf, export_dir: Path) -> dict[str, Any]:

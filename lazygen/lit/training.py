@@ -1,9 +1,13 @@
-"""Lightning ``fit`` modules for the models lazygen trains itself (tiny_mar and the digits16 evaluator).
+"""Lightning ``fit`` modules for the models lazygen trains itself (tiny_mar, tiny_llamagen and the digits16
+evaluator).
 
 MAR's objective, from its definition: a random order per image, a masking ratio drawn from a truncated
 normal on [mask_ratio_min, 1] (one per batch, so every image has the same number of known tokens), label
 dropout to the fake class for CFG, and the diffusion loss on the masked tokens only, each repeated
-``diffusion_batch_mul`` times with its own timestep and noise. An EMA of the weights is what gets shipped.
+``diffusion_batch_mul`` times with its own timestep and noise. LlamaGen's objective, from its definition:
+teacher-forced next-token cross-entropy over every image token, with the class label dropped to the null
+class with probability ``label_drop_prob`` (its ``class_dropout_prob``, what makes CFG possible). An EMA of
+the weights is what gets shipped.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lazygen.models.llamagen.gpt import LlamaGen
 from lazygen.models.mar.mar import MAR
 
 NO_DECAY_NDIM = 1  # biases, norms and other vectors take no weight decay
@@ -23,9 +28,9 @@ NO_DECAY_NDIM = 1  # biases, norms and other vectors take no weight decay
 
 @dataclass
 class RecipeConf:
-    """Optimisation settings of ``python -m lazygen.train`` (``recipe=mar`` or ``recipe=evaluator``)."""
+    """Optimisation settings of ``python -m lazygen.train`` (``recipe=mar``, ``llamagen`` or ``evaluator``)."""
 
-    target: str = "mar"  # mar | evaluator
+    target: str = "mar"  # mar | llamagen | evaluator
     max_steps: int = 6000
     batch_size: int = 64
     lr: float = 1e-3
@@ -36,11 +41,11 @@ class RecipeConf:
     beta2: float = 0.95
     grad_clip: float = 3.0
     ema_decay: float = 0.999
-    label_drop_prob: float = 0.1
-    mask_ratio_min: float = 0.7
-    mask_ratio_std: float = 0.25
-    diffusion_batch_mul: int = 4
-    augment_shift: int = 0  # evaluator: random translation by up to this many pixels
+    label_drop_prob: float = 0.1  # mar, llamagen: the class is replaced by the null class (for CFG)
+    mask_ratio_min: float = 0.7  # mar only
+    mask_ratio_std: float = 0.25  # mar only
+    diffusion_batch_mul: int = 4  # mar only
+    augment_shift: int = 0  # evaluator, llamagen: random translation by up to this many pixels
     log_every: int = 50
     checkpoint_every: int = 500  # steps between <run dir>/checkpoints/last.ckpt updates (for resuming)
     num_threads: int | None = None
@@ -98,7 +103,7 @@ class EMA:
 
 
 class _FitModule(L.LightningModule):
-    """Shared optimiser, LR schedule, EMA and loss logging of the two recipes."""
+    """Shared optimiser, LR schedule, EMA, augmentation and loss logging of the recipes."""
 
     net: nn.Module
     no_decay_names: tuple[str, ...] = ()
@@ -139,6 +144,19 @@ class _FitModule(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         self.ema.update(self.net)
 
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """Random translations by up to ``augment_shift`` pixels, the border filled with background (-1)."""
+        shift = self.recipe.augment_shift
+        if shift == 0:
+            return images
+        pad = F.pad(images, (shift,) * 4, value=-1.0)
+        size = images.shape[-1]
+        out = torch.empty_like(images)
+        offsets = torch.randint(0, 2 * shift + 1, (images.shape[0], 2), generator=self.rng).tolist()
+        for i, (dy, dx) in enumerate(offsets):
+            out[i] = pad[i, :, dy : dy + size, dx : dx + size]
+        return out
+
     def log_loss(self, loss: torch.Tensor) -> None:
         self.losses.append(float(loss.detach()))
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
@@ -176,24 +194,35 @@ class MARFitModule(_FitModule):
         return loss
 
 
+class ARFitModule(_FitModule):
+    """LlamaGen's next-token objective on discrete image tokens (raster order), teacher-forced."""
+
+    def __init__(self, model: LlamaGen, tokenizer: nn.Module, recipe: RecipeConf, seed: int) -> None:
+        super().__init__(recipe, seed)
+        self.net = model
+        self.tokenizer = tokenizer
+
+    def next_token_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        model, r = self.net, self.recipe
+        idx = self.tokenizer.encode(self.augment(images))  # (B, S) token ids
+        if r.label_drop_prob > 0:  # the official class dropout: the null class row, for CFG
+            drop = (torch.rand(len(labels), generator=self.rng) < r.label_drop_prob).to(labels.device)
+            labels = torch.where(drop, torch.full_like(labels, model.null_class), labels)
+        logits = model(idx, labels)[:, :-1]  # logit i predicts image token i; the last one predicts nothing
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), idx.reshape(-1))
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self.next_token_loss(*batch)
+        self.log_loss(loss)
+        return loss
+
+
 class ClassifierFitModule(_FitModule):
     """Cross-entropy on real digits, with small random translations for robustness."""
 
     def __init__(self, classifier: nn.Module, recipe: RecipeConf, seed: int) -> None:
         super().__init__(recipe, seed)
         self.net = classifier
-
-    def augment(self, images: torch.Tensor) -> torch.Tensor:
-        shift = self.recipe.augment_shift
-        if shift == 0:
-            return images
-        pad = F.pad(images, (shift,) * 4, value=-1.0)
-        size = images.shape[-1]
-        out = torch.empty_like(images)
-        offsets = torch.randint(0, 2 * shift + 1, (images.shape[0], 2), generator=self.rng).tolist()
-        for i, (dy, dx) in enumerate(offsets):
-            out[i] = pad[i, :, dy : dy + size, dx : dx + size]
-        return out
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch

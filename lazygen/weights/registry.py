@@ -1,8 +1,8 @@
 """Registry of the official weight files that lazygen knows how to fetch.
 
 The entries pin the URLs, cache-relative file names and (where known) the exact size and sha256 of the
-files released with MAR (LTH14/mar). Pinning them here means a truncated or swapped download is caught
-before it silently produces wrong images or wrong FID numbers.
+files released with MAR (LTH14/mar) and LlamaGen (FoundationVision/LlamaGen). Pinning them here means a
+truncated or swapped download is caught before it silently produces wrong images or wrong FID numbers.
 """
 
 from __future__ import annotations
@@ -46,6 +46,19 @@ def _bundled(name: str, filename: str, description: str) -> WeightFile:
                       bundled=True)  # fmt: skip
 
 
+# LlamaGen files (FoundationVision/LlamaGen README). Their sizes and checksums are unknown here, so a
+# download is accepted unverified, as for the other entries without them.
+LLAMAGEN_HF = "https://huggingface.co/FoundationVision/LlamaGen/resolve/main"
+
+
+def _llamagen(size: str, px: int, note: str) -> WeightFile:
+    """The official c2i GPT checkpoint ``c2i_<size>_<px>.pt`` (registry name ``llamagen_<size>_<px>``)."""
+    filename = f"c2i_{size}_{px}.pt"
+    return WeightFile(f"llamagen_{size.lower()}_{px}", url=f"{LLAMAGEN_HF}/{filename}",
+                      filename=f"llamagen/{filename}", size_bytes=None, sha256=None,
+                      description=f"LlamaGen-{size} c2i GPT at {px} px ({note}).")  # fmt: skip
+
+
 _ENTRIES: tuple[WeightFile, ...] = (
     WeightFile(
         name="kl16",
@@ -79,6 +92,21 @@ _ENTRIES: tuple[WeightFile, ...] = (
         sha256=None,
         description="MAR-H (942M params) checkpoint with 'model' and EMA 'model_ema' state dicts.",
     ),
+    _llamagen("B", 256, "111M, DDP: weights under 'model'"),
+    _llamagen("B", 384, "111M, DDP: weights under 'model'"),
+    _llamagen("L", 256, "343M, DDP: weights under 'model'"),
+    _llamagen("L", 384, "343M, DDP: weights under 'model'"),
+    _llamagen("XL", 384, "775M, DDP: weights under 'model'"),
+    _llamagen("XXL", 384, "1.4B, FSDP: a bare state dict"),
+    _llamagen("3B", 384, "3.1B, FSDP: a bare state dict"),
+    WeightFile(
+        name="vq_ds16_c2i",
+        url=f"{LLAMAGEN_HF}/vq_ds16_c2i.pt",
+        filename="llamagen/vq_ds16_c2i.pt",
+        size_bytes=None,
+        sha256=None,
+        description="LlamaGen VQ-16 image tokenizer (72M params; weights under 'model').",
+    ),
     WeightFile(
         name="adm_in256_stats",
         url="https://github.com/LTH14/mar/raw/main/fid_stats/adm_in256_stats.npz",
@@ -88,6 +116,11 @@ _ENTRIES: tuple[WeightFile, ...] = (
         description="Inception mean/covariance ('mu', 'sigma') of ADM's ImageNet-256 reference batch for FID.",
     ),
     _bundled("tiny_mar", "tiny_mar.safetensors", "tiny MAR trained by lazygen on digits16 (EMA weights)."),
+    _bundled(
+        "tiny_llamagen",
+        "tiny_llamagen.safetensors",
+        "tiny LlamaGen trained by lazygen on digits16 (EMA weights).",
+    ),
     _bundled(
         "digits16_evaluator",
         "digits16_evaluator.safetensors",

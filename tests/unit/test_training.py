@@ -1,4 +1,5 @@
-"""The training side: digits16 split, MAR's objective, the diffusion loss terms, EMA and LR schedule."""
+"""The training side: digits16 split, MAR's and LlamaGen's objectives, the diffusion loss terms, EMA and LR
+schedule."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ import torch
 from helpers import REPO
 from hydra import compose, initialize_config_dir
 
+from lazygen.build import build_model
+from lazygen.config import LlamaGenModelConf, WeightsConf, typed_group
 from lazygen.data.digits16 import DatasetConf, load_digits16, split_indices, to_uint8_rgb
 from lazygen.diffusion.gaussian import SpacedDiffusion, discretized_gaussian_log_likelihood, normal_kl
 from lazygen.errors import ConfigError
 from lazygen.lit.training import EMA, RecipeConf, lr_factor, truncated_normal
+from lazygen.models.llamagen import LlamaGen
 from lazygen.train import train_job
+from lazygen.weights import read_state_dict, sha256_of
 
 WINDOW = 8  # steps averaged at the start and the end of a short fit
 
@@ -126,6 +131,44 @@ def test_mar_training_runs_and_the_loss_falls(tmp_path):
     losses = json.loads((tmp_path / "run" / "losses.json").read_text())
     assert manifest["steps"] == 60 == len(losses) and (tmp_path / "export" / "tiny_mar.safetensors").is_file()
     assert _falls(losses), (losses[:WINDOW], losses[-WINDOW:])
+
+
+def test_llamagen_training_runs_exports_and_loads_back(tmp_path):
+    cfg = _train_cfg(
+        "recipe=llamagen",
+        "model=tiny_llamagen",
+        "model.arch.dim=32",
+        "model.arch.n_layer=1",
+        "model.arch.n_head=2",
+        "recipe.max_steps=40",
+        "recipe.batch_size=8",
+        "recipe.warmup_steps=5",
+        "recipe.lr=3e-3",
+        f"export_dir={tmp_path / 'export'}",
+    )
+    manifest = train_job(cfg, tmp_path / "run", "python -m lazygen.train recipe=llamagen (test)")
+    losses = json.loads((tmp_path / "run" / "losses.json").read_text())
+    assert manifest["steps"] == 40 == len(losses) and all(math.isfinite(v) for v in losses)
+    assert _falls(losses), (losses[:WINDOW], losses[-WINDOW:])
+    assert losses[0] == pytest.approx(math.log(16), abs=0.5)  # ~uniform over the 16 levels at the start
+    weights = tmp_path / "export" / "tiny_llamagen.safetensors"
+    written = json.loads((tmp_path / "export" / "tiny_llamagen.json").read_text())
+    assert written["name"] == "tiny_llamagen" and written["sha256"] == sha256_of(weights)
+    assert written["weights"] == "EMA" and written["recipe"]["target"] == "llamagen"
+    # the export loads strictly into LlamaGen the way `python -m lazygen model=tiny_llamagen` builds it
+    conf = typed_group("model", LlamaGenModelConf, cfg.model)
+    conf.weights = WeightsConf(registry=None, path=str(weights))
+    model = build_model(conf)
+    assert isinstance(model, LlamaGen) and written["parameters"] == sum(p.numel() for p in model.parameters())
+    state = read_state_dict(weights)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_recipe_and_model_family_must_agree(tmp_path):
+    with pytest.raises(ConfigError, match="model=tiny_llamagen"):
+        train_job(_train_cfg("recipe=llamagen", "recipe.max_steps=1"), tmp_path, "x")
+    with pytest.raises(ConfigError, match="recipe=llamagen"):
+        train_job(_train_cfg("model=tiny_llamagen", "recipe.max_steps=1"), tmp_path, "x")
 
 
 def test_evaluator_training_runs_and_the_loss_falls(tmp_path):
