@@ -43,7 +43,6 @@ def test_experiment_presets_compose_and_validate(name):
             m == "mar_64" or m.endswith(f"_{group}") or m.startswith("lazymar_") for m in methods if group
         )
 
-
     if name.startswith("adsa_"):  # ADSA's tables and ablations: LlamaGen with the ADSA cache
         assert run.model.family == "llamagen" and run.cache.name == "adsa" and run.sampler.name == "ar"
         if name.startswith("adsa_ablation_"):
