@@ -24,8 +24,9 @@ lint:  ## ruff lint and format check
 run:  ## the embedded CPU default run
 	$(PYTHON) -m lazygen
 
-bench:  ## FLOPs per image of MAR-B/L/H with and without LazyMAR (meta device) and CPU wall-clock speedups
+bench:  ## FLOPs of MAR-B/L/H with/without LazyMAR, KV memory and FLOPs of LlamaGen-XL with ADSA, CPU wall-clock
 	$(PYTHON) -m lazygen.bench
+	$(PYTHON) -m lazygen.bench_llamagen
 
 train-tiny:  ## retrain the shipped evaluator, tiny_mar and tiny_llamagen on digits16 into lazygen/assets (~60 min, CPU)
 	$(PYTHON) -m lazygen.train recipe=evaluator data=digits16 export_dir=lazygen/assets
