@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from lazygen.models.llamagen import LlamaGen, LlamaGenArch, VQArch, VQModel
+from lazygen.samplers.ar import filter_logits
 from lazygen.weights import load_strict
 
 FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "llamagen_official_tiny.pt"
@@ -44,26 +45,11 @@ def model(fixture: dict) -> LlamaGen:
 
 
 # ---- the official generate(), restated on lazygen's API ------------------------------------------------
-def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """(B, V) -> logits with -inf outside the top-k (ties kept) and outside the nucleus (HF semantics:
-    the token that crosses ``top_p`` and the top-1 are always kept)."""
-    if top_k > 0:
-        k = min(max(top_k, 1), logits.shape[-1])
-        kth = torch.topk(logits, k).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        beyond = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1) > top_p
-        drop_sorted = torch.cat([torch.zeros_like(beyond[..., :1]), beyond[..., :-1]], dim=-1)
-        logits = logits.masked_fill(drop_sorted.scatter(1, order, drop_sorted), float("-inf"))
-    return logits
-
-
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
     """Last-position logits (B, T, V) -> one token per row (B, 1), one multinomial draw."""
     last = logits[:, -1, :] / max(temperature, TEMPERATURE_FLOOR)
     if top_k > 0 or top_p < 1.0:
-        last = filter_top_k_top_p(last, top_k, top_p)
+        last = filter_logits(last, top_k, top_p)
     return torch.multinomial(F.softmax(last, dim=-1), num_samples=1)
 
 
