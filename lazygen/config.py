@@ -389,7 +389,8 @@ def _validate_mar(run: RunConf) -> None:
         raise ConfigError(
             f"cache=adsa prunes a causal model's KV cache and cannot run model={m.name} (MAR); "
             "use cache=none or cache=lazymar for MAR models, or a llamagen_* model."
-        )  # fmt: skip    if isinstance(run.cache, LazyMARConf):
+        )
+    if isinstance(run.cache, LazyMARConf):
         run.cache.check(cfg_on=s.cfg != 1.0, decoder_depth=m.arch.decoder_depth, model_family=m.family)
     require_one_of("sampler.cfg_schedule", s.cfg_schedule, CFG_SCHEDULES)
     if isinstance(s, HaltonSamplerConf):
