@@ -36,7 +36,7 @@ def kv_bytes(model_name: str, budget: int | None, batch: int, dtype: torch.dtype
     rows = 2 * batch if gen.sampler.conf.cfg != 1.0 else batch
     gen.policy.reset(batch)
     caches = gen.policy.kv_caches(model, rows, torch.device("meta"))
-    return sum(t.numel() * t.element_size() for c in caches for t in (c.k, c.v))
+    return sum(c.nbytes for c in caches)
 
 
 def layer_extrapolated_flops(model_name: str, cache: str, extra: tuple[str, ...]) -> tuple[float, float]:

@@ -22,7 +22,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from lazygen.cache.base import CachePolicy, StepContext
 from lazygen.errors import require, require_one_of
@@ -48,10 +47,12 @@ class ADSAConf:
     select: str = "diverse"  # diverse (least mean V similarity) | oldest (drop the oldest previous tokens)
     granularity: str = "head"  # head | layer
     reference: str = "previous"  # previous (the candidates) | cache (every cached image token)
+    rank_every: int = 1  # rank every n steps (the paper: 1); between, evict/keep by the last ranking
 
     @property
     def tag(self) -> str:
-        return f"adsa{self.budget}{'' if self.mode == 'dynamic' else '-sparse'}"
+        every = f"-r{self.rank_every}" if self.rank_every > 1 else ""
+        return f"adsa{self.budget}{'' if self.mode == 'dynamic' else '-sparse'}{every}"
 
     def regions(self, num_image_tokens: int, grid: int) -> tuple[int, int]:
         """(prefix, local) sizes for a sequence of ``num_image_tokens`` on a ``grid``-wide raster."""
@@ -64,6 +65,8 @@ class ADSAConf:
         require_one_of("cache.select", self.select, SELECTIONS)
         require_one_of("cache.granularity", self.granularity, GRANULARITIES)
         require_one_of("cache.reference", self.reference, REFERENCES)
+        require(self.rank_every >= 1,
+                f"cache.rank_every={self.rank_every} must be at least 1 (1 ranks at every step, as the paper).")  # fmt: skip
         prefix, local = self.regions(num_image_tokens, grid)
         require(prefix >= 0 and local >= 1,
                 f"cache.prefix={prefix} and cache.local={local} must be >= 0 and >= 1 (local holds at least the "
@@ -73,18 +76,30 @@ class ADSAConf:
                 f"some previous tokens are kept; raise the budget or shrink the regions.")  # fmt: skip
 
 
-def diversity_scores(values: torch.Tensor, candidates: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+def inverse_norms(values: torch.Tensor) -> torch.Tensor:
+    """1 / max(|v|, eps) in fp32 (F.normalize's convention), stored per slot so no step renormalises."""
+    return values.float().norm(dim=-1).clamp(min=NORM_EPS).reciprocal()
+
+
+def diversity_scores(
+    values: torch.Tensor,
+    candidates: torch.Tensor,
+    reference: torch.Tensor,
+    inv_norm: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Mean cosine similarity of each entry's value to the reference entries, in fp32, O(M d).
 
-    values (..., M, d); candidates and reference (..., M) bool. Returns (..., M) with +inf outside the
-    candidates (so they are never the least similar, and argmin/argmax callers can mask as they need).
+    values (..., M, d); candidates and reference (..., M) bool; ``inv_norm`` (..., M) the stored
+    :func:`inverse_norms` (computed here when absent). Two batched mat-vec products: the reference's mean
+    unit vector, then every entry against it. Returns (..., M) with +inf outside the candidates (so they are
+    never the least similar, and argmin/argmax callers can mask as they need).
     """
-    unit = F.normalize(values.float(), dim=-1, eps=NORM_EPS)
-    weights = reference.to(unit.dtype)
-    mean = (unit * weights.unsqueeze(-1)).sum(-2, keepdim=True) / weights.sum(-1, keepdim=True).clamp(min=1)[
-        ..., None
-    ]
-    scores = (unit * mean).sum(-1)
+    dense = values.float()
+    inv = inverse_norms(dense) if inv_norm is None else inv_norm
+    weights = reference.to(dense.dtype)
+    count = weights.sum(-1, keepdim=True).clamp(min=1)
+    mean = (weights * inv / count).unsqueeze(-2) @ dense  # (..., 1, d)
+    scores = (dense @ mean.transpose(-1, -2)).squeeze(-1) * inv
     return scores.masked_fill(~candidates, float("inf"))
 
 
@@ -100,7 +115,8 @@ class BoundedKV:
     """The dynamic KV cache of one layer: condition slots + ``capacity`` image slots, evict-then-write.
 
     ``pos`` (R, H, slots) holds each slot's absolute position (-1 = empty), per (row, KV head), since rows
-    and heads evict independently; keys keep the RoPE of their original position.
+    and heads evict independently; keys keep the RoPE of their original position. ``inv_norm`` keeps each
+    value's inverse norm, so ranking never renormalises the whole cache. Both count in :attr:`nbytes`.
     """
 
     def __init__(
@@ -111,8 +127,16 @@ class BoundedKV:
         slots = self.n_cond + capacity
         self.k = torch.zeros(rows, heads, slots, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
-        self.pos = torch.full((rows, heads, slots), -1, dtype=torch.long, device=device)
+        self.inv_norm = torch.ones(rows, heads, slots, dtype=torch.float32, device=device)
+        index_dtype = torch.int16 if policy.seq_len <= torch.iinfo(torch.int16).max else torch.int32
+        self.pos = torch.full((rows, heads, slots), -1, dtype=index_dtype, device=device)
         self.filled = 0  # occupied slots (equal for every row and head)
+        self.queue = torch.empty(rows, heads, 0, dtype=torch.long, device=device)  # slots to evict next
+        self.queued = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.inv_norm, self.pos))
 
     def update(
         self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
@@ -122,16 +146,21 @@ class BoundedKV:
             end = self.filled + t
             self.k[:, :, self.filled : end] = k.to(self.k.dtype)
             self.v[:, :, self.filled : end] = v.to(self.v.dtype)
-            self.pos[:, :, self.filled : end] = pos.to(self.pos.device)
+            self.inv_norm[:, :, self.filled : end] = inverse_norms(self.v[:, :, self.filled : end])
+            self.pos[:, :, self.filled : end] = pos.to(self.pos.device, self.pos.dtype)
             self.filled = end
         else:
             if t != 1:
                 raise ValueError("a full ADSA cache takes one new token per step")
-            slot = self.policy.evict(self.v, self.pos, int(pos[0]))  # (R, H)
-            index = slot[..., None, None].expand(-1, -1, 1, k.shape[-1])
-            self.k.scatter_(2, index, k.to(self.k.dtype))
-            self.v.scatter_(2, index, v.to(self.v.dtype))
-            self.pos.scatter_(2, slot[..., None], int(pos[0]))
+            if self.queued == self.queue.shape[-1]:  # rank afresh (every step unless cache.rank_every > 1)
+                self.queue = self.policy.eviction_order(self.v, self.pos, int(pos[0]), self.inv_norm)
+                self.queued = 0
+            slot = self.queue[..., self.queued : self.queued + 1]  # (R, H, 1)
+            self.queued += 1
+            self.k.scatter_(2, slot[..., None].expand_as(k), k.to(self.k.dtype))
+            self.v.scatter_(2, slot[..., None].expand_as(v), v.to(self.v.dtype))
+            self.inv_norm.scatter_(2, slot, inverse_norms(v.to(self.v.dtype)))
+            self.pos.scatter_(2, slot, int(pos[0]))
         self.policy.record(self.filled - self.n_cond, int(pos[-1]) - self.n_cond + 1, rows)
         return self.k[:, :, : self.filled], self.v[:, :, : self.filled], None
 
@@ -144,6 +173,12 @@ class SparseKV:
         self.k = torch.zeros(rows, heads, length, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
         self.length = 0
+        self.chosen: torch.Tensor | None = None  # the kept previous slots of the last ranking
+        self.steps_since_rank = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v))
 
     def update(
         self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
@@ -159,7 +194,10 @@ class SparseKV:
             return keys, values, None
         if t != 1:
             raise ValueError("sparse ADSA selection runs one new token per step")
-        keep = self.policy.kept_slots(values, self.length)  # (R, H, n_cond + budget), ascending
+        if self.chosen is None or self.steps_since_rank == self.conf.rank_every:
+            self.chosen, self.steps_since_rank = self.policy.choose_previous(values, self.length), 0
+        self.steps_since_rank += 1
+        keep = self.policy.kept_slots(self.chosen, self.length)  # (R, H, n_cond + budget), ascending
         index = keep[..., None].expand(-1, -1, -1, keys.shape[-1])
         self.policy.record(self.conf.budget, n_img, k.shape[0])
         return keys.gather(2, index), values.gather(2, index), None
@@ -174,7 +212,7 @@ class ADSAPolicy(CachePolicy):
     def __init__(self, conf: ADSAConf) -> None:
         super().__init__()
         self.conf = conf
-        self.n_cond, self.prefix, self.local = 1, 0, 1
+        self.n_cond, self.prefix, self.local, self.seq_len = 1, 0, 1, 0
         self.caches: list[BoundedKV | SparseKV] = []
 
     @property
@@ -183,7 +221,7 @@ class ADSAPolicy(CachePolicy):
 
     def kv_caches(self, model, rows: int, device: torch.device) -> list:
         arch = model.arch
-        self.n_cond = model.cls_token_num
+        self.n_cond, self.seq_len = model.cls_token_num, model.seq_len
         self.prefix, self.local = self.conf.regions(model.num_image_tokens, arch.grid_size)
         dtype = model.tok_embeddings.weight.dtype
         if self.conf.mode == "dynamic":
@@ -207,35 +245,47 @@ class ADSAPolicy(CachePolicy):
     def _regions(self, pos: torch.Tensor, current: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Candidate (previous-region) and reference masks of slots holding absolute positions ``pos``.
 
-        ``current`` is the newest position (it is local). Image index i = pos - n_cond.
+        ``current`` is the newest position (it is local); empty slots hold -1 and fall outside both.
         """
-        image = pos - self.n_cond
-        newest = current - self.n_cond
-        is_image = pos >= self.n_cond
-        previous = is_image & (image >= self.prefix) & (image <= newest - self.local)
-        reference = previous if self.conf.reference == "previous" else is_image
+        previous = (pos >= self.n_cond + self.prefix) & (pos <= current - self.local)
+        reference = previous if self.conf.reference == "previous" else pos >= self.n_cond
         return previous, reference
 
-    def _rank(self, values: torch.Tensor, previous: torch.Tensor, reference: torch.Tensor, pos: torch.Tensor):
+    def _rank(self, values, previous, reference, pos, inv_norm=None) -> torch.Tensor:
         """Scores where *larger* means evict / drop first."""
         if self.conf.select == "oldest":  # keep the most recent previous tokens
             return (-pos.float()).masked_fill(~previous, float("-inf"))
-        scores = _share_heads(diversity_scores(values, previous, reference), previous, self.conf.granularity)
-        return scores.masked_fill(~previous, float("-inf"))
+        scores = diversity_scores(values, previous, reference, inv_norm)
+        return _share_heads(scores, previous, self.conf.granularity).masked_fill(~previous, float("-inf"))
 
-    def evict(self, values: torch.Tensor, pos: torch.Tensor, new_pos: int) -> torch.Tensor:
-        """The slot (R, H) to overwrite with the token at ``new_pos``: the most redundant previous token."""
+    def eviction_order(
+        self, values: torch.Tensor, pos: torch.Tensor, new_pos: int, inv_norm: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Slots (R, H, n) to overwrite next, most redundant previous token first, from one ranking.
+
+        n = ``rank_every`` (capped by the previous region's size): queued slots stay previous tokens until
+        they are overwritten, because a token only leaves the previous region by eviction.
+        """
         previous, reference = self._regions(pos, new_pos)  # never empty: budget > prefix + local (check)
-        return self._rank(values, previous, reference, pos).argmax(dim=-1)  # ties: the lowest slot
+        scores = self._rank(values, previous, reference, pos, inv_norm)
+        n = min(self.conf.rank_every, pos.shape[-1] - self.n_cond - self.prefix - self.local)
+        if n == 1:
+            return scores.argmax(dim=-1, keepdim=True)  # ties: the lowest slot
+        return scores.topk(n, dim=-1).indices
 
-    def kept_slots(self, values: torch.Tensor, length: int) -> torch.Tensor:
-        """Sparse mode: ascending slots (R, H, n_cond + budget) to attend to over a full cache."""
+    def choose_previous(self, values: torch.Tensor, length: int) -> torch.Tensor:
+        """Sparse mode: the ``budget - prefix - local`` least redundant previous slots (R, H, K)."""
         rows, heads, slots = values.shape[:3]
         pos = torch.arange(slots, device=values.device).expand(rows, heads, -1)
         previous, reference = self._regions(pos, length - 1)
-        keep_previous = self.conf.budget - self.prefix - self.local
         drop_first = self._rank(values, previous, reference, pos).masked_fill(~previous, float("inf"))
-        chosen = drop_first.topk(keep_previous, dim=-1, largest=False).indices  # the least redundant
+        return drop_first.topk(self.conf.budget - self.prefix - self.local, dim=-1, largest=False).indices
+
+    def kept_slots(self, chosen: torch.Tensor, length: int) -> torch.Tensor:
+        """Sparse mode: ascending slots (R, H, n_cond + budget) to attend to: condition, prefix, the chosen
+        previous slots and the local window (which slides on between rankings)."""
+        pos = torch.arange(length, device=chosen.device).expand(*chosen.shape[:2], -1)
+        previous, _ = self._regions(pos, length - 1)
         keep = (~previous).scatter(-1, chosen, True)  # condition, prefix and local slots are always kept
         order = keep.to(torch.int8).argsort(dim=-1, descending=True, stable=True)
         return order[..., : self.n_cond + self.conf.budget].sort(dim=-1).values

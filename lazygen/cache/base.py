@@ -142,8 +142,8 @@ class CachePolicy:
         return model.new_caches(rows, device=device)
 
     def note_kv_memory(self, caches: list, images: int) -> None:
-        """Record the bytes the caches hold (every cache keeps its keys and values in ``k`` and ``v``)."""
-        nbytes = sum(t.numel() * t.element_size() for c in caches for t in (c.k, c.v))
+        """Record the bytes the caches hold: keys, values and any bookkeeping (each cache's ``nbytes``)."""
+        nbytes = sum(c.nbytes for c in caches)
         self.stats.kv_cache_bytes = nbytes
         self.stats.kv_cache_bytes_per_img = nbytes / images
 

@@ -50,9 +50,12 @@ def test_full_budget_equals_the_baseline_exactly(model, mode: str) -> None:
         assert all(c.k.shape[2] == 1 + 64 for c in policy.caches)
 
 
+@pytest.mark.parametrize("rank_every", [1, 5])
 @pytest.mark.parametrize("mode", ["dynamic", "sparse"])
-def test_a_smaller_budget_changes_the_images_and_attends_to_the_budget(model, mode: str) -> None:
-    policy = ADSAPolicy(ADSAConf(budget=32, mode=mode))
+def test_a_smaller_budget_changes_the_images_and_attends_to_the_budget(
+    model, mode: str, rank_every: int
+) -> None:
+    policy = ADSAPolicy(ADSAConf(budget=32, mode=mode, rank_every=rank_every))
     out = generate(model, policy)
     assert not torch.equal(out, generate(model, CachePolicy()))
     # per layer and row, step t attends to min(t + 1, 32) of t + 1 image tokens (both CFG halves)
@@ -61,9 +64,13 @@ def test_a_smaller_budget_changes_the_images_and_attends_to_the_budget(model, mo
     assert policy.stats.context_tokens == sum(range(1, 64)) * 6 * ARCH.n_layer
 
 
-@pytest.mark.parametrize("granularity", ["head", "layer"])
-def test_dynamic_cache_stays_bounded_and_keeps_prefix_and_local(model, granularity: str) -> None:
-    conf = ADSAConf(budget=32, granularity=granularity)
+@pytest.mark.parametrize(
+    ("granularity", "rank_every"), [("head", 1), ("layer", 1), ("head", 6), ("layer", 40)]
+)
+def test_dynamic_cache_stays_bounded_and_keeps_prefix_and_local(
+    model, granularity: str, rank_every: int
+) -> None:
+    conf = ADSAConf(budget=32, granularity=granularity, rank_every=rank_every)
     policy = ADSAPolicy(conf)
     generate(model, policy)
     prefix, local = conf.regions(64, 8)
@@ -78,24 +85,32 @@ def test_dynamic_cache_stays_bounded_and_keeps_prefix_and_local(model, granulari
         assert (image.sort(dim=-1).values.diff(dim=-1) > 0).all()  # every position at most once
         if granularity == "layer":
             assert (held == held[:, :1]).all()  # one ranking per layer: the heads keep the same tokens
-    assert policy.stats.kv_cache_bytes == sum(c.k.numel() * 4 * 2 for c in policy.caches)
+    # keys and values (fp32), plus per slot and head an fp32 inverse norm and an int16 position
+    assert policy.stats.kv_cache_bytes == sum(
+        c.k.numel() * 4 * 2 + c.pos.numel() * (4 + 2) for c in policy.caches
+    )
 
 
-def test_eviction_takes_the_most_redundant_previous_token() -> None:
-    policy = ADSAPolicy(ADSAConf(budget=8, prefix=1, local=2))
-    policy.n_cond, policy.prefix, policy.local = 1, 1, 2
+@pytest.mark.parametrize("rank_every", [1, 3])
+def test_eviction_takes_the_most_redundant_previous_tokens(rank_every: int) -> None:
+    policy = ADSAPolicy(ADSAConf(budget=8, prefix=1, local=2, rank_every=rank_every))
+    policy.n_cond, policy.prefix, policy.local, policy.seq_len = 1, 1, 2, 20
     cache = BoundedKV(policy, 1, 1, capacity=8, head_dim=2, dtype=torch.float32, device=torch.device("cpu"))
-    # class token, then image tokens 0..7: token 3 points along the mean of the previous ones
+    # class token, then image tokens 0..7 (positions 1..8) with distinct mean similarities
     values = torch.tensor([[0, 0], [5, 5], [1, 0], [0, 1], [1, 1], [1, -1], [-1, 1], [0.2, 1], [3, 3]])
     for position, value in enumerate(values):
         cache.update(value.view(1, 1, 1, 2), value.view(1, 1, 1, 2), torch.tensor([position]))
-    assert cache.filled == 9  # full now; token 8 arrives next
+    assert cache.filled == 9  # full now; position 9 arrives next
     previous = [p for p in range(1, 9) if 1 <= p - 1 <= 8 - 2]  # image 1..6 (prefix 0, local 7 and 8)
     unit = torch.nn.functional.normalize(values[previous], dim=-1)
-    expected = previous[int((unit @ unit.mean(0)).argmax())]
-    new = torch.tensor([[[[9.0, 9.0]]]])
-    cache.update(new, new, torch.tensor([9]))
-    assert expected not in cache.pos.flatten().tolist() and 9 in cache.pos.flatten().tolist()
+    redundancy = (unit @ unit.mean(0)).tolist()
+    # one ranking serves rank_every evictions: the most redundant first, then the next ones
+    expected = [p for _, p in sorted(zip(redundancy, previous), reverse=True)][:rank_every]
+    new = [torch.full((1, 1, 1, 2), -float(position)) for position in range(9, 9 + rank_every)]
+    for position, value in zip(range(9, 9 + rank_every), new):
+        cache.update(value, value, torch.tensor([position]))
+    held = cache.pos.flatten().tolist()
+    assert not set(expected) & set(held) and set(range(9, 9 + rank_every)) <= set(held)
 
 
 def test_adsa_through_the_config() -> None:

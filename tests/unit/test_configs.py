@@ -47,6 +47,9 @@ def test_experiment_presets_compose_and_validate(name):
         assert run.model.family == "llamagen" and run.cache.name == "adsa" and run.sampler.name == "ar"
         if name.startswith("adsa_ablation_"):
             assert run.model.name == "llamagen_xl" and run.cache.budget == 384
+        if name == "adsa_rank_every_tiny":  # job 0, the table's baseline, ranks at every step as the paper
+            preset = yaml.safe_load((REPO / "conf" / "experiment" / f"{name}.yaml").read_text())
+            assert preset["hydra"]["sweeper"]["params"]["cache.rank_every"].split(",")[0] == "1"
 
 
 @pytest.mark.parametrize("name", METHODS)

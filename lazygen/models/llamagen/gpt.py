@@ -184,8 +184,12 @@ class LayerKV(Protocol):
     (T_new,) their absolute positions (CPU, ascending). Returns the keys and values to attend to
     (B, n_kv_head, M, head_dim) and an optional boolean mask (B or 1, 1, T_new, M), True = may attend.
     A ``None`` mask means: every returned entry is visible, and the new entries, which must then be the
-    last T_new returned, are causal among themselves.
+    last T_new returned, are causal among themselves. ``nbytes`` is every byte the cache holds (memory
+    metrics read it).
     """
+
+    @property
+    def nbytes(self) -> int: ...
 
     def update(self, k: Tensor, v: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor | None]: ...
 
@@ -213,6 +217,10 @@ class DenseKV:
     @property
     def max_len(self) -> int:
         return self.k.shape[2]
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
 
     def reset(self) -> None:
         """Forget every entry (the buffers are reused by the next generation)."""
