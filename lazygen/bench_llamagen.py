@@ -23,15 +23,29 @@ MIB = 2**20
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def variant(budget: int | None) -> tuple[str, ...]:
-    return ("cache=none",) if budget is None else ("cache=adsa", f"cache.budget={budget}")
+def variant(budget: int | None, rank_every: int = 1) -> tuple[str, tuple[str, ...]]:
+    """(cache, overrides) of the full cache (budget None) or ADSA at a budget and ranking cadence."""
+    if budget is None:
+        return "none", ()
+    return "adsa", (f"cache.budget={budget}", f"cache.rank_every={rank_every}")
+
+
+def variant_key(budget: int | None, rank_every: int = 1) -> str:
+    """full, adsa384, adsa384-r8: the names of the result rows."""
+    if budget is None:
+        return "full"
+    return f"adsa{budget}" + (f"-r{rank_every}" if rank_every > 1 else "")
+
+
+def variants(budgets: list[int], cadences: list[int]) -> list[tuple[int | None, int]]:
+    """The full cache, then every budget at every ranking cadence."""
+    return [(None, 1)] + [(b, r) for b in budgets for r in cadences]
 
 
 def kv_bytes(model_name: str, budget: int | None, batch: int, dtype: torch.dtype) -> int:
     """Bytes of the KV caches one generation of ``batch`` images (CFG: 2 rows each) allocates."""
-    gen = generator_for(
-        model_name, variant(budget)[0].removeprefix("cache="), None, "meta", *variant(budget)[1:]
-    )
+    cache, extra = variant(budget)
+    gen = generator_for(model_name, cache, None, "meta", *extra)
     model = gen.model.to(dtype)
     rows = 2 * batch if gen.sampler.conf.cfg != 1.0 else batch
     gen.policy.reset(batch)
@@ -59,13 +73,14 @@ def layer_extrapolated_flops(model_name: str, cache: str, extra: tuple[str, ...]
     return counts[0].tflops_per_img + (depth - 1) * per_layer, counts[0].tflops_per_img_decoder
 
 
-def memory_flop_rows(model_name: str, budgets: list[int], batch: int, dtype: str, flops: bool) -> dict:
+def memory_flop_rows(
+    model_name: str, budgets: list[int], cadences: list[int], batch: int, dtype: str, flops: bool
+) -> dict:
     rows: dict[str, dict] = {}
     full = None
-    for budget in [None, *budgets]:
-        key = "full" if budget is None else f"adsa{budget}"
-        cache = "none" if budget is None else "adsa"
-        extra = variant(budget)[1:]
+    for budget, rank_every in variants(budgets, cadences):
+        key = variant_key(budget, rank_every)
+        cache, extra = variant(budget, rank_every)
         per_img = kv_bytes(model_name, budget, 1, DTYPES[dtype])
         row = {"kv_bytes_per_img": per_img, "kv_mib_per_img": round(per_img / MIB, 3),
                f"kv_gib_batch{batch}": round(kv_bytes(model_name, budget, batch, DTYPES[dtype]) / 2**30, 3)}  # fmt: skip
@@ -83,11 +98,12 @@ def memory_flop_rows(model_name: str, budgets: list[int], batch: int, dtype: str
     return rows
 
 
-def latency_rows(model_name: str, budgets: list[int], batch: int, repeats: int) -> dict:
-    """Seconds per image with the full cache and each budget, alternating on one seeded batch."""
-    gens = {"full": generator_for(model_name, "none", None, "cpu")}
-    for budget in budgets:
-        gens[f"adsa{budget}"] = generator_for(model_name, "adsa", None, "cpu", f"cache.budget={budget}")
+def latency_rows(model_name: str, budgets: list[int], cadences: list[int], batch: int, repeats: int) -> dict:
+    """Seconds per image with the full cache and each budget and cadence, alternating on one seeded batch."""
+    gens = {}
+    for budget, every in variants(budgets, cadences):
+        cache, extra = variant(budget, every)
+        gens[variant_key(budget, every)] = generator_for(model_name, cache, None, "cpu", *extra)
     base = gens["full"]
     for gen in gens.values():  # one network
         gen.model, gen.tokenizer = base.model, base.tokenizer
@@ -122,19 +138,24 @@ def main() -> None:
         "--latency-model", default="tiny_llamagen", help="model to time on this CPU ('' skips)"
     )
     parser.add_argument("--latency-budgets", nargs="*", type=int, default=[128, 96])
+    parser.add_argument(
+        "--rank-every", nargs="*", type=int, default=[1, 8], help="ADSA ranking cadences (1: the paper)"
+    )
     parser.add_argument("--latency-batch", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
     results = {
         "memory_flops": {
-            args.model: memory_flop_rows(args.model, args.budgets, args.batch, args.dtype, not args.no_flops)
+            args.model: memory_flop_rows(
+                args.model, args.budgets, args.rank_every, args.batch, args.dtype, not args.no_flops
+            )
         }
     }
     if args.latency_model:
         results["latency"] = {
             args.latency_model: latency_rows(
-                args.latency_model, args.latency_budgets, args.latency_batch, args.repeats
+                args.latency_model, args.latency_budgets, args.rank_every, args.latency_batch, args.repeats
             )
         }
     if args.out:

@@ -14,6 +14,11 @@ Two modes share that ranking:
 - ``sparse``: the full cache is kept and every step attends to prefix + the ``budget - prefix - local``
   most diverse previous tokens + local, chosen afresh (for ablations and as a bridge to the baseline).
 With ``budget`` at or above the sequence length both equal the baseline exactly.
+
+The ranking reads every cached value once per step and layer, as much memory traffic as attention over
+the budget itself; ``rank_every: n`` ranks every n steps instead (the dynamic cache then evicts the n most
+redundant tokens of one ranking in turn; the sparse mode keeps its chosen tokens while the local window
+slides on). ``rank_every: 1`` is the paper's per-step ranking.
 """
 
 from __future__ import annotations
