@@ -183,8 +183,8 @@ class LayerKV(Protocol):
     ``k``, ``v``: (B, n_kv_head, T_new, head_dim) for the new positions, keys already rotated; ``pos``:
     (T_new,) their absolute positions (CPU, ascending). Returns the keys and values to attend to
     (B, n_kv_head, M, head_dim) and an optional boolean mask (B or 1, 1, T_new, M), True = may attend.
-    A ``None`` mask means: every returned entry is visible, and the new entries, which must then be the
-    last T_new returned, are causal among themselves. ``nbytes`` is every byte the cache holds (memory
+    A ``None`` mask means: every returned entry is visible; with T_new > 1 the new entries must then be
+    the last T_new returned, and are causal among themselves (one new entry may sit in any slot). ``nbytes`` is every byte the cache holds (memory
     metrics read it).
     """
 
