@@ -81,9 +81,9 @@ def memory_flop_rows(
     for budget, rank_every in variants(budgets, cadences):
         key = variant_key(budget, rank_every)
         cache, extra = variant(budget, rank_every)
-        per_img = kv_bytes(model_name, budget, 1, DTYPES[dtype])
+        per_img = kv_bytes(model_name, budget, 1, DTYPES[dtype])  # every cache tensor is linear in the rows
         row = {"kv_bytes_per_img": per_img, "kv_mib_per_img": round(per_img / MIB, 3),
-               f"kv_gib_batch{batch}": round(kv_bytes(model_name, budget, batch, DTYPES[dtype]) / 2**30, 3)}  # fmt: skip
+               f"kv_gib_batch{batch}": round(per_img * batch / 2**30, 3)}  # fmt: skip
         if flops:
             total, decoder = layer_extrapolated_flops(model_name, cache, extra)
             row["tflops_per_img"] = round(total, 4)

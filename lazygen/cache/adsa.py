@@ -162,9 +162,10 @@ class BoundedKV:
                 self.queued = 0
             slot = self.queue[..., self.queued : self.queued + 1]  # (R, H, 1)
             self.queued += 1
+            v = v.to(self.v.dtype)
             self.k.scatter_(2, slot[..., None].expand_as(k), k.to(self.k.dtype))
-            self.v.scatter_(2, slot[..., None].expand_as(v), v.to(self.v.dtype))
-            self.inv_norm.scatter_(2, slot, inverse_norms(v.to(self.v.dtype)))
+            self.v.scatter_(2, slot[..., None].expand_as(v), v)
+            self.inv_norm.scatter_(2, slot, inverse_norms(v))
             self.pos.scatter_(2, slot, int(pos[0]))
         self.policy.record(self.filled - self.n_cond, int(pos[-1]) - self.n_cond + 1, rows)
         return self.k[:, :, : self.filled], self.v[:, :, : self.filled], None
@@ -179,7 +180,6 @@ class SparseKV:
         self.v = torch.zeros_like(self.k)
         self.length = 0
         self.chosen: torch.Tensor | None = None  # the kept previous slots of the last ranking
-        self.steps_since_rank = 0
 
     @property
     def nbytes(self) -> int:
@@ -199,9 +199,8 @@ class SparseKV:
             return keys, values, None
         if t != 1:
             raise ValueError("sparse ADSA selection runs one new token per step")
-        if self.chosen is None or self.steps_since_rank == self.conf.rank_every:
-            self.chosen, self.steps_since_rank = self.policy.choose_previous(values, self.length), 0
-        self.steps_since_rank += 1
+        if (n_img - self.conf.budget - 1) % self.conf.rank_every == 0:  # the first selecting step ranks
+            self.chosen = self.policy.choose_previous(values, self.length)
         keep = self.policy.kept_slots(self.chosen, self.length)  # (R, H, n_cond + budget), ascending
         index = keep[..., None].expand(-1, -1, -1, keys.shape[-1])
         self.policy.record(self.conf.budget, n_img, k.shape[0])
@@ -264,7 +263,7 @@ class ADSAPolicy(CachePolicy):
         return _share_heads(scores, previous, self.conf.granularity).masked_fill(~previous, float("-inf"))
 
     def eviction_order(
-        self, values: torch.Tensor, pos: torch.Tensor, new_pos: int, inv_norm: torch.Tensor | None = None
+        self, values: torch.Tensor, pos: torch.Tensor, new_pos: int, inv_norm: torch.Tensor
     ) -> torch.Tensor:
         """Slots (R, H, n) to overwrite next, most redundant previous token first, from one ranking.
 

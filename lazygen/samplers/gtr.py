@@ -94,7 +94,7 @@ class GtRSampler(MARSampler):
         self._stage_of_step = [k for k, n in enumerate(conf.stage_steps) for _ in range(n)]
 
     def stages(self, seq_len: int) -> list[list[int]]:
-        side = int(round(seq_len**0.5))
+        side = math.isqrt(seq_len)
         if side * side != seq_len:
             raise ValueError(f"GtR needs a square token grid, got {seq_len} tokens")
         return partition(side, self.conf.stages, self.conf.bisection)
@@ -120,7 +120,7 @@ class GtRSampler(MARSampler):
         if order == "random":
             reveal = random.orders(batch, seq_len, device)
         elif order in ("raster", "subsample"):
-            side = int(round(seq_len**0.5))
+            side = math.isqrt(seq_len)
             cells = list(range(seq_len)) if order == "raster" else subsample_order(side)
             reveal = torch.tensor(cells, device=device).expand(batch, -1)
         else:
