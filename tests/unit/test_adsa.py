@@ -91,6 +91,20 @@ def test_dynamic_cache_stays_bounded_and_keeps_prefix_and_local(
     )
 
 
+@pytest.mark.parametrize("rank_every", [1, 5, 100])
+def test_sparse_mode_ranks_on_its_cadence(model, rank_every: int, monkeypatch) -> None:
+    """Budget 32 of 64 tokens: image tokens 33..63 are the selecting steps (31 per layer and generation)."""
+    policy = ADSAPolicy(ADSAConf(budget=32, mode="sparse", rank_every=rank_every))
+    calls = []
+    rank = policy.choose_previous
+    monkeypatch.setattr(
+        policy, "choose_previous", lambda values, length: calls.append(length) or rank(values, length)
+    )
+    generate(model, policy)
+    ranked = range(1 + 33, 1 + 64, rank_every)  # cache lengths (class token + image tokens) that rank
+    assert calls == [length for length in ranked for _ in range(ARCH.n_layer)]  # each layer, each such step
+
+
 @pytest.mark.parametrize("rank_every", [1, 3])
 def test_eviction_takes_the_most_redundant_previous_tokens(rank_every: int) -> None:
     policy = ADSAPolicy(ADSAConf(budget=8, prefix=1, local=2, rank_every=rank_every))
