@@ -28,8 +28,9 @@ bench:  ## FLOPs of MAR-B/L/H with/without LazyMAR, KV memory and FLOPs of Llama
 	$(PYTHON) -m lazygen.bench
 	$(PYTHON) -m lazygen.bench_llamagen
 
-train-tiny:  ## retrain the shipped evaluator, tiny_mar and tiny_llamagen on digits16 into lazygen/assets (~60 min, CPU)
+train-tiny:  ## retrain the shipped evaluator, tiny_mar (autoencoder, then MAR) and tiny_llamagen on digits16 into lazygen/assets (CPU)
 	$(PYTHON) -m lazygen.train recipe=evaluator data=digits16 export_dir=lazygen/assets
+	$(PYTHON) -m lazygen.train recipe=tokenizer model=tiny_mar data=digits16 export_dir=lazygen/assets
 	$(PYTHON) -m lazygen.train model=tiny_mar data=digits16 export_dir=lazygen/assets
 	$(PYTHON) -m lazygen.train recipe=llamagen model=tiny_llamagen data=digits16 export_dir=lazygen/assets
 

@@ -68,7 +68,7 @@ def build_model(
 def build_tokenizer(
     conf: ModelConf, device: str | torch.device = "cpu", home: Path | None = None
 ) -> nn.Module:
-    """The latent decoder (KL-16 VAE or the pixel tokenizer), in eval mode."""
+    """The latent decoder (a KL autoencoder, VQ-16, or a network-free tokenizer), in eval mode."""
     tok = conf.tokenizer
     if tok.kind == "pixel":
         return PixelTokenizer(tok.latent_scale, tok.latent_shift).to(device)
@@ -83,10 +83,11 @@ def build_tokenizer(
             VQModel, conf, tok, "model.tokenizer.path", torch.device(device), home, read_vq_checkpoint
         )
         return VQTokenizer(vq, conf.eval_size)
-    from lazygen.models.vae.kl import AutoencoderKL
+    from lazygen.models.vae.kl import AutoencoderKL, KLArch
 
+    arch = tok.arch if tok.kind == "kl" else KLArch()  # kl16 is always the official shape
     return _network(
-        lambda: AutoencoderKL.kl16(latent_scale=tok.latent_scale),
+        lambda: AutoencoderKL.from_arch(arch, latent_scale=tok.latent_scale),
         conf,
         tok,
         "model.tokenizer.path",

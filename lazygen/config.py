@@ -18,6 +18,7 @@ from lazygen.cache.lazymar import LazyMARConf
 from lazygen.errors import ConfigError, require, require_one_of
 from lazygen.models.llamagen.gpt import LlamaGenArch
 from lazygen.models.mar.mar import MARArch
+from lazygen.models.vae.kl import KLArch
 from lazygen.samplers.ar import ARSamplerConf
 from lazygen.samplers.disa import ANNEALING, DiSASamplerConf
 from lazygen.samplers.gtr import BISECTIONS, FTS_SELECTIONS, ORDERS, GtRSamplerConf, partition
@@ -31,10 +32,10 @@ OmegaConf.register_new_resolver("sum", lambda values: sum(values), replace=True)
 MODEL_FAMILIES = ("mar", "llamagen")
 SAMPLERS = ("mar", "steps", "halton", "disa", "gtr", "ar")
 CACHE_POLICIES = ("none", "lazymar", "adsa")
-TOKENIZERS = ("kl16", "pixel", "vq16", "levels")
+TOKENIZERS = ("kl16", "kl", "pixel", "vq16", "levels")
 # what each family decodes with: MAR's masked samplers, LlamaGen's next-token one
 FAMILY_SAMPLERS = {"mar": ("mar", "steps", "halton", "disa", "gtr"), "llamagen": ("ar",)}
-FAMILY_TOKENIZERS = {"mar": ("kl16", "pixel"), "llamagen": ("vq16", "levels")}
+FAMILY_TOKENIZERS = {"mar": ("kl16", "kl", "pixel"), "llamagen": ("vq16", "levels")}
 LOGGERS = ("wandb", "csv", "none")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 FLOP_MODES = ("auto", "meta", "real")
@@ -57,6 +58,9 @@ class TokenizerConf:
     latent_scale: float = 0.2325
     latent_shift: float = 0.0  # pixel tokens: (image - shift) * scale, so tokens have about zero mean
     levels: int = 16  # levels tokens: evenly spaced intensities in [-1, 1]
+    arch: KLArch = field(
+        default_factory=KLArch
+    )  # kind=kl: the autoencoder's shape (kl16 is the official one)
 
 
 @dataclass
@@ -170,6 +174,7 @@ class QualityConf:
     extractor: str = "auto"  # auto = model.evaluator.extractor
     reference_stats: str | None = "auto"  # auto = model.evaluator.reference_stats
     is_splits: int = 10
+    bootstrap: int = 100  # resamples of the generated images behind quality/fid_se and class_acc_se (0: off)
 
 
 @dataclass

@@ -226,7 +226,9 @@ def quality_metrics(run: RunConf, images: np.ndarray, labels: list[int], home: P
     extractor = make_extractor(extractor_name, home)
     if reference in REGISTRY:
         reference = str(resolve_weight(reference, home=home, config_key="metrics.quality.reference_stats"))
-    meter = QualityMeter(extractor, reference_stats=reference, splits=run.metrics.quality.is_splits)
+    q = run.metrics.quality
+    meter = QualityMeter(extractor, reference_stats=reference, splits=q.is_splits, bootstrap=q.bootstrap,
+                         bootstrap_seed=run.seed)  # fmt: skip
     judge_classes = getattr(extractor, "num_classes", None) == run.model.num_classes
     batch = max(1, run.data.batch_size)
     for i in range(0, len(images), batch):

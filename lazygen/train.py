@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import subprocess
 import time
 from pathlib import Path
@@ -32,16 +33,28 @@ from lazygen.cli import CONFIG_PATH, exit_with_user_error
 from lazygen.config import MODEL_SCHEMAS, HardwareConf, LlamaGenModelConf, ModelConf, typed_group
 from lazygen.data.digits16 import DatasetConf, load_digits16, to_uint8_rgb
 from lazygen.errors import ConfigError, LazygenError
-from lazygen.lit.training import ARFitModule, ClassifierFitModule, MARFitModule, RecipeConf
+from lazygen.lit.training import (
+    ARFitModule,
+    AutoencoderFitModule,
+    ClassifierFitModule,
+    MARFitModule,
+    RecipeConf,
+)
 from lazygen.weights import sha256_of
 
-RECIPES = ("mar", "llamagen", "evaluator")
-# the generator recipes: the model family each trains, the tokenizer its tokens come from, the shipped model
-GENERATORS = {"mar": ("mar", "pixel", "tiny_mar"), "llamagen": ("llamagen", "levels", "tiny_llamagen")}
+RECIPES = ("mar", "llamagen", "evaluator", "tokenizer")
+# the model recipes: the family of the model group each reads, the tokenizer kinds it accepts, the shipped
+# model group; recipe=tokenizer trains the KL autoencoder of a MAR model group (its tokenizer, not the MAR)
+GENERATORS = {
+    "mar": ("mar", ("pixel", "kl"), "tiny_mar"),
+    "llamagen": ("llamagen", ("levels",), "tiny_llamagen"),
+    "tokenizer": ("mar", ("kl",), "tiny_mar"),
+}
 LOSS_WINDOW = 100  # the reported final loss is the mean over the last steps
 EVALUATOR_NAME = "digits16_evaluator"
 REFERENCE_STATS_NAME = "digits16_reference_stats.npz"
 EVAL_BATCH = 256
+PIXEL_RANGE = 2.0  # images live in [-1, 1]
 
 
 def git_commit() -> str:
@@ -91,6 +104,12 @@ def _module(cfg: DictConfig, recipe: RecipeConf, seed: int) -> tuple[L.Lightning
     from lazygen.models.mar.mar import MAR
 
     model_conf = _generator_conf(cfg, recipe)
+    if recipe.target == "tokenizer":
+        from lazygen.models.vae.kl import AutoencoderKL
+
+        tok = model_conf.tokenizer
+        torch.manual_seed(model_conf.init_seed)
+        return AutoencoderFitModule(AutoencoderKL.from_arch(tok.arch), recipe, seed), str(tok.registry)
     tokenizer = build_tokenizer(model_conf)
     if isinstance(model_conf, LlamaGenModelConf):
         # seeded by model.init_seed; build_model hands back eval mode, which Lightning leaves as it is
@@ -114,10 +133,10 @@ def _generator_conf(cfg: DictConfig, recipe: RecipeConf) -> ModelConf | LlamaGen
             f"model={shipped}{hint}."
         )
     model_conf = typed_group("model", MODEL_SCHEMAS[family], cfg.model)
-    if model_conf.tokenizer.kind != tokenizer:
+    if model_conf.tokenizer.kind not in tokenizer:
         raise ConfigError(
             f"model={name} decodes with a {model_conf.tokenizer.kind} tokenizer; recipe={recipe.target} trains "
-            f"{tokenizer}-token models on digits16 (model={shipped})."
+            f"on {' or '.join(tokenizer)} tokens of digits16 (model={shipped})."
         )
     if isinstance(model_conf, LlamaGenModelConf):
         arch, levels, side = model_conf.arch, model_conf.tokenizer.levels, int(cfg.data.image_size)
@@ -158,6 +177,28 @@ def _evaluator_extras(module: ClassifierFitModule, data: DatasetConf, export_dir
             out["reference_stats"] = {"file": REFERENCE_STATS_NAME, "images": len(images), "split": "train",
                                       "sha256": sha256_of(export_dir / REFERENCE_STATS_NAME)}  # fmt: skip
     return out
+
+
+def _tokenizer_extras(module: AutoencoderFitModule, data: DatasetConf) -> dict[str, Any]:
+    """What MAR needs to know of the trained autoencoder: the scale that gives its latent samples unit
+    variance (``model.tokenizer.latent_scale``), and how well it reconstructs the held-out digits."""
+    net = module.net.eval()
+    net.load_state_dict(module.ema.state_dict())
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        train, _ = load_digits16(data, "train")
+        samples = torch.cat(
+            [net.encode(train[i : i + EVAL_BATCH]).sample(gen) for i in range(0, len(train), EVAL_BATCH)]
+        )
+        heldout, _ = load_digits16(data, "heldout")
+        recon = net.decode(net.encode(heldout).mode()).clamp(-1, 1)
+        mse = float((recon - heldout).square().mean())
+    return {
+        "latent_std": float(samples.std()),
+        "latent_mean": float(samples.mean()),
+        "suggested_latent_scale": round(1.0 / float(samples.std()), 4),
+        "heldout_psnr_db": round(10 * math.log10(PIXEL_RANGE**2 / mse), 2),
+    }
 
 
 def train_job(cfg: DictConfig, run_dir: str | Path, command: str) -> dict[str, Any]:
@@ -214,6 +255,8 @@ def train_job(cfg: DictConfig, run_dir: str | Path, command: str) -> dict[str, A
     }
     if recipe.target == "evaluator":
         manifest.update(_evaluator_extras(module, data, export_dir))
+    if recipe.target == "tokenizer":
+        manifest.update(_tokenizer_extras(module, data))
     (export_dir / f"{name}.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 

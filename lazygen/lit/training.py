@@ -45,7 +45,8 @@ class RecipeConf:
     mask_ratio_min: float = 0.7  # mar only
     mask_ratio_std: float = 0.25  # mar only
     diffusion_batch_mul: int = 4  # mar only
-    augment_shift: int = 0  # evaluator, llamagen: random translation by up to this many pixels
+    augment_shift: int = 0  # evaluator, llamagen, tokenizer: random translation by up to this many pixels
+    kl_weight: float = 0.0  # tokenizer only: weight of the KL to N(0, I) per latent element
     log_every: int = 50
     checkpoint_every: int = 500  # steps between <run dir>/checkpoints/last.ckpt updates (for resuming)
     num_threads: int | None = None
@@ -174,7 +175,8 @@ class MARFitModule(_FitModule):
 
     def masked_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         model, r, gen = self.net, self.recipe, self.rng
-        tokens = model.patchify(self.tokenizer.encode_to_latent(images))
+        with torch.no_grad():  # the tokenizer is frozen (a KL autoencoder samples its posterior, as MAR's)
+            tokens = model.patchify(self.tokenizer.encode_to_latent(images))
         n, seq_len, _ = tokens.shape
         ratio = truncated_normal(r.mask_ratio_min, 1.0, 1.0, r.mask_ratio_std, gen)
         num_masked = min(seq_len, math.ceil(seq_len * ratio))
@@ -214,6 +216,34 @@ class ARFitModule(_FitModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self.next_token_loss(*batch)
         self.log_loss(loss)
+        return loss
+
+
+class AutoencoderFitModule(_FitModule):
+    """A KL autoencoder's objective: pixel MSE of the reconstruction from a posterior sample, plus
+    ``kl_weight`` times the KL to N(0, I) per latent element.
+
+    The KL term keeps the posterior noise large enough that the decoder learns to map nearby latents to the
+    same clean image: that is what lets a generator's small per-token errors decode to clean strokes.
+    """
+
+    def __init__(self, autoencoder: nn.Module, recipe: RecipeConf, seed: int) -> None:
+        super().__init__(recipe, seed)
+        self.net = autoencoder
+
+    def autoencoder_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction MSE, mean KL per latent element)."""
+        posterior = self.net.encode(images)
+        eps = torch.randn(posterior.mean.shape, generator=self.rng).to(posterior.mean.device)
+        recon = self.net.decode(posterior.mean + posterior.std * eps)
+        kl = 0.5 * (posterior.mean.square() + posterior.logvar.exp() - 1 - posterior.logvar).mean()
+        return F.mse_loss(recon, images), kl
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        mse, kl = self.autoencoder_loss(self.augment(batch[0]))
+        loss = mse + self.recipe.kl_weight * kl
+        self.log_loss(loss)
+        self.log("train/kl", kl, on_step=True, on_epoch=False)
         return loss
 
 

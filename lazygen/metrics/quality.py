@@ -57,6 +57,8 @@ FID_KEY = "quality/fid"
 IS_MEAN_KEY = "quality/is_mean"
 IS_STD_KEY = "quality/is_std"
 CLASS_ACC_KEY = "quality/class_acc"
+STANDARD_ERROR_SUFFIX = "_se"  # quality/fid_se, quality/class_acc_se: bootstrap standard errors
+DEFAULT_BOOTSTRAP = 100  # resamples of the generated images behind each standard error
 
 EXTRACTOR_ATTR = "extractor"
 
@@ -320,6 +322,39 @@ def frechet_distance(
     return float(diff.dot(diff) + sigma1.trace() + sigma2.trace() - 2 * trace_sqrt)
 
 
+def bootstrap_standard_errors(
+    features: Tensor,
+    agree: Tensor | None,
+    reference: tuple[Tensor, Tensor] | None,
+    replicates: int,
+    seed: int,
+    method: str = "auto",
+) -> dict[str, Tensor]:
+    """Bootstrap standard errors of FID and class accuracy: the generated images are resampled with
+    replacement ``replicates`` times (a seeded generator, so the errors are reproducible) and each statistic
+    is recomputed on every resample; the error is the standard deviation over the resamples.
+
+    This is the error that comes from having drawn N images; the reference statistics are held fixed.
+    """
+    num = features.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    feats = features.detach().to(torch.float64).cpu()
+    fids, accs = [], []
+    for _ in range(replicates):
+        rows = torch.randint(0, num, (num,), generator=gen)
+        if reference is not None:
+            mu, sigma = compute_stats(feats[rows])
+            fids.append(frechet_distance(mu, sigma, *reference, method=method))
+        if agree is not None:
+            accs.append(float(agree.cpu()[rows].to(torch.float64).mean()))
+    out: dict[str, Tensor] = {}
+    if fids:
+        out[FID_KEY + STANDARD_ERROR_SUFFIX] = torch.tensor(fids, dtype=torch.float64).std()
+    if accs:
+        out[CLASS_ACC_KEY + STANDARD_ERROR_SUFFIX] = torch.tensor(accs, dtype=torch.float64).std()
+    return out
+
+
 # --------------------------------------------------------------------------------------- Inception score
 
 
@@ -424,6 +459,8 @@ class QualityMeter(Metric):
         seed: int | None = DEFAULT_IS_SEED,
         sqrtm: str = "auto",
         reset_real_features: bool = True,
+        bootstrap: int = 0,
+        bootstrap_seed: int = 0,
         **kwargs: Any,
     ) -> None:
         """
@@ -436,6 +473,9 @@ class QualityMeter(Metric):
             sqrtm: "auto", "scipy" or "torch"; see :func:`frechet_distance`.
             reset_real_features: if False, ``reset()`` keeps the real-image statistics, so a real set is
                 extracted once and reused across sweep points.
+            bootstrap: resamples behind the standard errors ``quality/fid_se`` and ``quality/class_acc_se``
+                (0: none). The per-image features are then kept (N x F float32) to be resampled.
+            bootstrap_seed: seed of the resampling.
             kwargs: torchmetrics ``Metric`` options (``process_group``, ``compute_on_cpu``, ...).
         """
         super().__init__(**kwargs)
@@ -481,6 +521,13 @@ class QualityMeter(Metric):
         self.add_state("logits", [], dist_reduce_fx="cat")
         self.add_state("correct", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("labelled", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        if bootstrap < 0:
+            raise ConfigError(
+                f"metrics.quality.bootstrap={bootstrap} must be 0 (off) or a number of resamples."
+            )
+        self.bootstrap, self.bootstrap_seed = bootstrap, bootstrap_seed
+        self.add_state("features", [], dist_reduce_fx="cat")  # kept only when bootstrapping
+        self.add_state("agree", [], dist_reduce_fx="cat")
 
     def train(self, mode: bool = True) -> QualityMeter:
         """Switch the metric's mode but keep the extractor in eval (its BatchNorm stats are the metric)."""
@@ -518,10 +565,14 @@ class QualityMeter(Metric):
         output = self._extract(images)
         self._accumulate("fake", output.features)
         self.logits.append(output.logits.detach().to(torch.float32))
+        if self.bootstrap:
+            self.features.append(output.features.detach().to(torch.float32))
         if labels is not None:
             agree = output.logits.argmax(dim=1) == labels.to(output.logits.device)
             self.correct = self.correct + agree.sum()
             self.labelled = self.labelled + agree.numel()
+            if self.bootstrap:
+                self.agree.append(agree)
 
     def update_real(self, images: Tensor) -> None:
         """Add real uint8 images (N, 3, H, W) as the FID reference (instead of reference stats)."""
@@ -553,6 +604,10 @@ class QualityMeter(Metric):
         result[IS_MEAN_KEY], result[IS_STD_KEY] = is_mean, is_std
         if int(self.labelled) > 0:
             result[CLASS_ACC_KEY] = self.correct.to(torch.float64) / self.labelled
+        if self.bootstrap:
+            agree = dim_zero_cat(self.agree) if int(self.labelled) > 0 else None
+            result.update(bootstrap_standard_errors(dim_zero_cat(self.features), agree, reference,
+                                                    self.bootstrap, self.bootstrap_seed, self.sqrtm))  # fmt: skip
         return result
 
     def _fid_reference(self) -> tuple[Tensor, Tensor] | None:

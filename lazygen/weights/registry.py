@@ -117,6 +117,11 @@ _ENTRIES: tuple[WeightFile, ...] = (
     ),
     _bundled("tiny_mar", "tiny_mar.safetensors", "tiny MAR trained by lazygen on digits16 (EMA weights)."),
     _bundled(
+        "tiny_kl",
+        "tiny_kl.safetensors",
+        "tiny_mar's stride-1 KL autoencoder, trained by lazygen on digits16 (EMA weights).",
+    ),
+    _bundled(
         "tiny_llamagen",
         "tiny_llamagen.safetensors",
         "tiny LlamaGen trained by lazygen on digits16 (EMA weights).",

@@ -12,7 +12,7 @@ its transformer and divides by it again before decoding.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -42,6 +42,30 @@ KL16_RESOLUTION = 256
 KL16_ATTN_RESOLUTIONS_ENCODER = (16,)
 KL16_ATTN_RESOLUTIONS_DECODER: tuple[int, ...] = ()
 RGB_CHANNELS = 3
+
+
+@dataclass
+class KLArch:
+    """The autoencoder's shape (LDM ``ddconfig``); the defaults are MAR's KL-16.
+
+    The number of levels is ``len(ch_mult)``: each level but the last halves the resolution, so
+    ``ch_mult=[1]`` is a stride-1 autoencoder (the tiny testbed's: a 16x16 image <-> a 16x16 latent grid).
+    """
+
+    ch: int = KL16_CH
+    ch_mult: list[int] = field(default_factory=lambda: list(KL16_CH_MULT))
+    num_res_blocks: int = KL16_NUM_RES_BLOCKS
+    z_channels: int = KL16_Z_CHANNELS
+    embed_dim: int = KL16_EMBED_DIM
+    in_channels: int = RGB_CHANNELS
+    out_ch: int = RGB_CHANNELS
+    resolution: int = KL16_RESOLUTION
+    attn_resolutions_encoder: list[int] = field(default_factory=lambda: list(KL16_ATTN_RESOLUTIONS_ENCODER))
+    attn_resolutions_decoder: list[int] = field(default_factory=lambda: list(KL16_ATTN_RESOLUTIONS_DECODER))
+
+    @property
+    def stride(self) -> int:
+        return UPSAMPLE_FACTOR ** (len(self.ch_mult) - 1)
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:
@@ -351,6 +375,11 @@ class AutoencoderKL(nn.Module):
         return cls(latent_scale=latent_scale)
 
     @classmethod
+    def from_arch(cls, arch: KLArch, latent_scale: float = LATENT_SCALE) -> AutoencoderKL:
+        """An autoencoder of any LDM shape (the tiny testbed's stride-1 one, say)."""
+        return cls(**asdict(arch), latent_scale=latent_scale)
+
+    @classmethod
     def from_checkpoint(cls, path: str | Path, *, strict: bool = True, **config: object) -> AutoencoderKL:
         """Build (official config unless overridden) and load ``kl16.ckpt`` (a ``{"model": sd}`` dict or a bare sd)."""
         path = Path(path)
@@ -391,8 +420,9 @@ class AutoencoderKL(nn.Module):
         return z * self.latent_scale
 
     def decode_tokens_latent(self, z_scaled: torch.Tensor) -> torch.Tensor:
-        """MAR's scaled latent (what its sampler produces) -> image."""
-        return self.decode(z_scaled / self.latent_scale)
+        """MAR's scaled latent (what its sampler produces) -> image (grey decoders are shown as RGB)."""
+        image = self.decode(z_scaled / self.latent_scale)
+        return image.expand(-1, RGB_CHANNELS, -1, -1) if image.shape[1] == 1 else image
 
     def forward(
         self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None

@@ -1,0 +1,78 @@
+"""The digits16 evaluator can tell good from bad, and its error bars mean what they say.
+
+FID of real held-out digits must rise with every controlled damage and rise monotonically with the noise
+level; the bootstrap standard errors must shrink with N as 1/sqrt(N) and match the binomial error of a
+class accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lazygen.floor import damage_curve
+from lazygen.metrics.damage import NOISE_LEVELS, add_noise, gaussian_blur, shuffle_cells
+from lazygen.metrics.quality import CLASS_ACC_KEY, FID_KEY, bootstrap_standard_errors, compute_stats
+
+SE = "_se"
+
+
+@pytest.fixture(scope="module")
+def curve() -> dict[str, dict[str, float]]:
+    pytest.importorskip("sklearn")
+    with torch.no_grad():
+        return damage_curve()
+
+
+def test_every_damage_raises_fid(curve):
+    clean = curve["clean"][FID_KEY]
+    for name, metrics in curve.items():
+        if name != "clean":
+            assert metrics[FID_KEY] > clean, f"{name}: FID {metrics[FID_KEY]:.1f} <= clean {clean:.1f}"
+
+
+def test_fid_rises_monotonically_with_noise(curve):
+    fids = [curve["clean"][FID_KEY]] + [curve[f"noise {std}"][FID_KEY] for std in NOISE_LEVELS]
+    assert fids == sorted(fids) and len(set(fids)) == len(fids), fids
+    # the strongest noise is far outside the bootstrap error of the clean floor
+    assert fids[-1] - fids[0] > 3 * curve["clean"][FID_KEY + SE]
+
+
+def test_damages_keep_shape_range_and_intensity():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 1, 16, 16, generator=gen) * 2 - 1
+    for damaged in (add_noise(x, 0.4, gen), gaussian_blur(x), shuffle_cells(x, gen)):
+        assert damaged.shape == x.shape and damaged.min() >= -1 and damaged.max() <= 1
+    shuffled = shuffle_cells(x, gen)
+    assert not torch.equal(shuffled, x)
+    cells = lambda t: t.reshape(3, 1, 8, 2, 8, 2).permute(0, 1, 2, 4, 3, 5).reshape(3, 1, 8, 8, 4)  # noqa: E731
+    assert torch.equal(cells(shuffled).sort(-1).values, cells(x).sort(-1).values)  # same pixels per cell
+    flat = torch.zeros(1, 1, 16, 16)
+    assert torch.allclose(gaussian_blur(flat + 0.5), flat + 0.5, atol=1e-6)  # blur keeps flat regions
+
+
+def test_bootstrap_errors_shrink_as_one_over_sqrt_n():
+    gen = torch.Generator().manual_seed(0)
+    dim = 8
+    reference = compute_stats(torch.randn(20000, dim, generator=gen))
+    errors = {}
+    for n in (200, 3200):
+        feats = torch.randn(n, dim, generator=gen) + 0.5  # a real gap (FID 2): its error is O(1/sqrt N)
+        agree = torch.rand(n, generator=gen) < 0.8
+        errors[n] = bootstrap_standard_errors(feats, agree, reference, replicates=200, seed=1)
+    ratio = errors[200][FID_KEY + SE] / errors[3200][FID_KEY + SE]
+    assert 2.5 < ratio < 6.0, ratio  # sqrt(3200 / 200) = 4
+    binomial = math.sqrt(0.8 * 0.2 / 3200)
+    assert abs(float(errors[3200][CLASS_ACC_KEY + SE]) / binomial - 1) < 0.25
+
+
+def test_bootstrap_is_seeded():
+    feats = torch.randn(100, 4, generator=torch.Generator().manual_seed(0))
+    reference = compute_stats(torch.randn(500, 4, generator=torch.Generator().manual_seed(1)))
+    a = bootstrap_standard_errors(feats, None, reference, replicates=20, seed=3)
+    b = bootstrap_standard_errors(feats, None, reference, replicates=20, seed=3)
+    c = bootstrap_standard_errors(feats, None, reference, replicates=20, seed=4)
+    assert a[FID_KEY + SE] == b[FID_KEY + SE] != c[FID_KEY + SE]
+    assert CLASS_ACC_KEY + SE not in a
