@@ -7,6 +7,7 @@ package ``lazygen.conf``. User mistakes end with one clear paragraph and exit co
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -16,7 +17,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from lazygen.errors import LazygenError
+from lazygen.errors import ConfigWarning, LazygenError
 
 USER_ERROR_EXIT = 2
 _CHECKOUT_CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -38,6 +39,21 @@ def exit_with_user_error(exc: LazygenError) -> None:
     sys.exit(USER_ERROR_EXIT)
 
 
+def show_config_warnings() -> None:
+    """Show :class:`ConfigWarning` as one yellow paragraph (no file and line: it is about the config)."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, ConfigWarning):
+            Console(stderr=True).print(f"[bold yellow]lazygen warning:[/] {message}", highlight=False,
+                                       soft_wrap=True)  # fmt: skip
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    warnings.simplefilter("always", ConfigWarning)
+
+
 def print_summary(metrics: dict[str, float], run_dir: str) -> None:
     table = Table(
         title=f"lazygen: {run_dir}", caption="all metrics: metrics.json; images: grid.png, samples/"
@@ -53,6 +69,7 @@ def print_summary(metrics: dict[str, float], run_dir: str) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
+    show_config_warnings()
     run_dir = hc.runtime.output_dir
     group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
     try:

@@ -26,7 +26,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from lazygen.errors import LazygenError
-from lazygen.metrics.quality import psnr
+from lazygen.metrics.quality import STANDARD_ERROR_SUFFIX, psnr
 from lazygen.run import METRICS_FILE, NPZ_FILE, PSNR_CAP_DB
 
 MIB = 2**20
@@ -120,15 +120,19 @@ def _distinct(overrides: list[str]) -> list[str]:
 
 
 def markdown(rows: list[dict]) -> str:
-    """The table; a metric no run reports (e.g. KV memory for MAR) gets no column."""
+    """The table; a metric no run reports (e.g. KV memory for MAR) gets no column. A metric with a bootstrap
+    standard error (FID, class accuracy) is shown as ``value ± error``."""
     columns = [c for c in COLUMNS if any(c[1] in r["metrics"] for r in rows)]
     header = ["run", *[c[0] for c in columns], "FLOP speedup", "PSNR vs baseline (dB)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row, name in zip(rows, _distinct([r["overrides"] for r in rows]), strict=True):
         cells = [name]
         for _, key, fmt, scale in columns:
-            value = row["metrics"].get(key)
-            cells.append(fmt.format(value * scale) if value is not None else "–")
+            value, error = row["metrics"].get(key), row["metrics"].get(key + STANDARD_ERROR_SUFFIX)
+            cell = fmt.format(value * scale) if value is not None else "–"
+            if value is not None and error is not None:  # the bootstrap standard error, same format
+                cell += " ± " + fmt.format(error * scale)
+            cells.append(cell)
         cells.append(f"{row['flop_speedup']:.2f}×" if "flop_speedup" in row else "–")
         cells.append(
             f"{row['psnr_vs_baseline']:.2f}" if row["psnr_vs_baseline"] < PSNR_CAP_DB else "baseline"

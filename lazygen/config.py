@@ -385,7 +385,7 @@ def _validate_llamagen(run: RunConf) -> None:
         raise ConfigError(f"cache=lazymar caches MAR's masked decoding and cannot run model={m.name}; use "
                           "cache=none or cache=adsa for LlamaGen models.")  # fmt: skip
     if isinstance(run.cache, ADSAConf):
-        run.cache.check(m.arch.block_size, m.arch.grid_size)
+        run.cache.check(m.arch.block_size, m.arch.grid_size, f"model={m.name}")
 
 
 def _validate_mar(run: RunConf) -> None:

@@ -7,6 +7,8 @@ non-zero, without a traceback, so the message itself must name the problem *and*
 
 from __future__ import annotations
 
+import warnings
+
 
 class LazygenError(Exception):
     """A problem caused by the user's input; the message says what is wrong and how to fix it."""
@@ -30,3 +32,13 @@ def require_one_of(key: str, value: object, allowed: tuple) -> None:
     """``key=value`` must be one of ``allowed``; the error lists the choices."""
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not supported; choose one of: {', '.join(map(str, allowed))}.")
+
+
+class ConfigWarning(UserWarning):
+    """A setting that runs but does less than it says (a capped budget, a no-op option); the CLI shows it as
+    one paragraph naming the key, the value that takes effect and what to set instead."""
+
+
+def advise(message: str) -> None:
+    """Warn (:class:`ConfigWarning`) that a setting is capped or does nothing; ``message`` names the key."""
+    warnings.warn(message, ConfigWarning, stacklevel=2)

@@ -29,23 +29,25 @@ from dataclasses import dataclass
 import torch
 
 from lazygen.cache.base import CachePolicy, StepContext
-from lazygen.errors import require, require_one_of
+from lazygen.errors import advise, require, require_one_of
 
 MODES = ("dynamic", "sparse")
 SELECTIONS = ("diverse", "oldest")  # diverse = ADSA's TopK-V; oldest = prefix + sliding window (ablation)
 GRANULARITIES = ("head", "layer")  # rank per KV head, or one ranking per layer (head-mean score)
 REFERENCES = ("previous", "cache")  # the set R the mean similarity runs over
 PREFIX_SHARE = 0.05  # ADSA §3.1: the first 5% of tokens fix style and colour
+BUDGET_SHARE = 2 / 3  # the paper's 384 of 576 image tokens (LlamaGen-XL at 384 px), as a share of any model's
 LOCAL_ROWS = 2  # ADSA §3.2: the previous token and the same column one row up, with margin
 NORM_EPS = 1e-6
 
 
 @dataclass
 class ADSAConf:
-    """``cache=adsa``: budgets count image tokens; null prefix/local take the reconstruction's defaults."""
+    """``cache=adsa``: the budget is a share of the model's image tokens (at most 1) or a count of them (above
+    1, as the paper's tables); null prefix/local take the reconstruction's defaults."""
 
     name: str = "adsa"
-    budget: int = 384  # image tokens kept (dynamic: the capacity; sparse: attended per step)
+    budget: float = BUDGET_SHARE  # image tokens kept (dynamic: the capacity; sparse: attended per step)
     prefix: int | None = None  # null: ceil(5% of the image tokens) (29 of 576, 13 of 256)
     local: int | None = None  # null: two grid rows (48 on 24x24, 32 on 16x16)
     mode: str = "dynamic"  # dynamic (bounded cache, eviction) | sparse (full cache, per-step selection)
@@ -57,7 +59,17 @@ class ADSAConf:
     @property
     def tag(self) -> str:
         every = f"-r{self.rank_every}" if self.rank_every > 1 else ""
-        return f"adsa{self.budget}{'' if self.mode == 'dynamic' else '-sparse'}{every}"
+        size = f"{self.budget:.2f}" if self.relative else f"{int(self.budget)}"
+        return f"adsa{size}{'' if self.mode == 'dynamic' else '-sparse'}{every}"
+
+    @property
+    def relative(self) -> bool:
+        """A budget of at most 1 is a share of the image tokens; above 1 it counts them."""
+        return self.budget <= 1
+
+    def tokens(self, num_image_tokens: int) -> int:
+        """The budget in image tokens for a model with ``num_image_tokens`` (a share is rounded)."""
+        return round(self.budget * num_image_tokens) if self.relative else int(self.budget)
 
     def regions(self, num_image_tokens: int, grid: int) -> tuple[int, int]:
         """(prefix, local) sizes for a sequence of ``num_image_tokens`` on a ``grid``-wide raster."""
@@ -65,20 +77,30 @@ class ADSAConf:
         local = LOCAL_ROWS * grid if self.local is None else self.local
         return prefix, local
 
-    def check(self, num_image_tokens: int, grid: int) -> None:
+    def check(self, num_image_tokens: int, grid: int, model_name: str = "this model") -> None:
         require_one_of("cache.mode", self.mode, MODES)
         require_one_of("cache.select", self.select, SELECTIONS)
         require_one_of("cache.granularity", self.granularity, GRANULARITIES)
         require_one_of("cache.reference", self.reference, REFERENCES)
         require(self.rank_every >= 1,
                 f"cache.rank_every={self.rank_every} must be at least 1 (1 ranks at every step, as the paper).")  # fmt: skip
+        require(self.budget > 0 and (self.relative or float(self.budget).is_integer()),
+                f"cache.budget={self.budget} must be a share of the image tokens in (0, 1] (e.g. 0.5) or a whole "
+                "number of them (e.g. 384).")  # fmt: skip
         prefix, local = self.regions(num_image_tokens, grid)
+        budget = self.tokens(num_image_tokens)
         require(prefix >= 0 and local >= 1,
                 f"cache.prefix={prefix} and cache.local={local} must be >= 0 and >= 1 (local holds at least the "
                 "token being decoded).")  # fmt: skip
-        require(self.budget > prefix + local,
-                f"cache.budget={self.budget} must exceed cache.prefix + cache.local = {prefix} + {local}, so that "
-                f"some previous tokens are kept; raise the budget or shrink the regions.")  # fmt: skip
+        require(budget > prefix + local,
+                f"cache.budget={self.budget} ({budget} of the {num_image_tokens} image tokens of {model_name}) must "
+                f"exceed cache.prefix + cache.local = {prefix} + {local}, so that some previous tokens are kept; "
+                "raise the budget or shrink the regions.")  # fmt: skip
+        if budget >= num_image_tokens:
+            advise(f"cache.budget={self.budget:g} keeps all {num_image_tokens} image tokens of {model_name} "
+                   f"(budget {budget}), so ADSA drops nothing: it attends like the full cache and stores as much "
+                   "plus its bookkeeping. Set cache.budget below 1 as a share (e.g. 0.5) or below "
+                   f"{num_image_tokens} as a count.")  # fmt: skip
 
 
 def inverse_norms(values: torch.Tensor) -> torch.Tensor:
@@ -194,16 +216,17 @@ class SparseKV:
         self.length = start + t
         keys, values = self.k[:, :, : self.length], self.v[:, :, : self.length]
         n_img = self.length - self.policy.n_cond
-        if n_img <= self.conf.budget:
+        budget = self.policy.budget
+        if n_img <= budget:
             self.policy.record(max(n_img, 0), max(n_img, 0), k.shape[0])
             return keys, values, None
         if t != 1:
             raise ValueError("sparse ADSA selection runs one new token per step")
-        if (n_img - self.conf.budget - 1) % self.conf.rank_every == 0:  # the first selecting step ranks
+        if (n_img - budget - 1) % self.conf.rank_every == 0:  # the first selecting step ranks
             self.chosen = self.policy.choose_previous(values, self.length)
         keep = self.policy.kept_slots(self.chosen, self.length)  # (R, H, n_cond + budget), ascending
         index = keep[..., None].expand(-1, -1, -1, keys.shape[-1])
-        self.policy.record(self.conf.budget, n_img, k.shape[0])
+        self.policy.record(budget, n_img, k.shape[0])
         return keys.gather(2, index), values.gather(2, index), None
 
 
@@ -216,7 +239,7 @@ class ADSAPolicy(CachePolicy):
     def __init__(self, conf: ADSAConf) -> None:
         super().__init__()
         self.conf = conf
-        self.n_cond, self.prefix, self.local, self.seq_len = 1, 0, 1, 0
+        self.n_cond, self.prefix, self.local, self.seq_len, self.budget = 1, 0, 1, 0, 0
         self.caches: list[BoundedKV | SparseKV] = []
 
     @property
@@ -227,9 +250,10 @@ class ADSAPolicy(CachePolicy):
         arch = model.arch
         self.n_cond, self.seq_len = model.cls_token_num, model.seq_len
         self.prefix, self.local = self.conf.regions(model.num_image_tokens, arch.grid_size)
+        self.budget = self.conf.tokens(model.num_image_tokens)
         dtype = model.tok_embeddings.weight.dtype
         if self.conf.mode == "dynamic":
-            capacity = min(self.conf.budget, model.num_image_tokens)  # a larger budget never evicts
+            capacity = min(self.budget, model.num_image_tokens)  # a larger budget never evicts
             make = lambda: BoundedKV(self, rows, arch.kv_heads, capacity, arch.head_dim, dtype, device)  # noqa: E731
         else:
             make = lambda: SparseKV(self, rows, arch.kv_heads, model.seq_len, arch.head_dim, dtype, device)  # noqa: E731
@@ -283,7 +307,7 @@ class ADSAPolicy(CachePolicy):
         pos = torch.arange(slots, device=values.device).expand(rows, heads, -1)
         previous, reference = self._regions(pos, length - 1)
         drop_first = self._rank(values, previous, reference, pos).masked_fill(~previous, float("inf"))
-        return drop_first.topk(self.conf.budget - self.prefix - self.local, dim=-1, largest=False).indices
+        return drop_first.topk(self.budget - self.prefix - self.local, dim=-1, largest=False).indices
 
     def kept_slots(self, chosen: torch.Tensor, length: int) -> torch.Tensor:
         """Sparse mode: ascending slots (R, H, n_cond + budget) to attend to: condition, prefix, the chosen
@@ -292,4 +316,4 @@ class ADSAPolicy(CachePolicy):
         previous, _ = self._regions(pos, length - 1)
         keep = (~previous).scatter(-1, chosen, True)  # condition, prefix and local slots are always kept
         order = keep.to(torch.int8).argsort(dim=-1, descending=True, stable=True)
-        return order[..., : self.n_cond + self.conf.budget].sort(dim=-1).values
+        return order[..., : self.n_cond + self.budget].sort(dim=-1).values

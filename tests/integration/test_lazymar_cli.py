@@ -46,7 +46,8 @@ def test_compare_measures_fidelity_over_every_image(tmp_path, capsys):
     base_images = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
     noisy = np.clip(base_images.astype(int) + rng.integers(-8, 9, base_images.shape), 0, 255).astype(np.uint8)
     base = _fake_run(tmp_path / "m" / "0", base_images, {"flops/tflops_per_img": 2.0, "quality/fid": 10.0})
-    _fake_run(tmp_path / "m" / "1", noisy, {"flops/tflops_per_img": 0.5, "quality/fid": 12.0})
+    _fake_run(tmp_path / "m" / "1", noisy, {"flops/tflops_per_img": 0.5, "quality/fid": 12.0,
+                                            "quality/class_acc": 0.9, "quality/class_acc_se": 0.01})  # fmt: skip
     _fake_run(tmp_path / "m" / "2", base_images, {"flops/tflops_per_img": 1.0})
     rows = compare(base, [tmp_path / "m" / "1", tmp_path / "m" / "2"])
     assert rows[1]["flop_speedup"] == 4.0 and rows[2]["flop_speedup"] == 2.0
@@ -55,7 +56,9 @@ def test_compare_measures_fidelity_over_every_image(tmp_path, capsys):
     assert rows[2]["psnr_vs_baseline"] == 100.0 == fidelity(base_images, base_images)
     assert "4.00×" in markdown(rows)
     main([str(tmp_path / "m"), "--baseline", "0", "--out", str(tmp_path / "t.json")])
-    assert "| 12.0 |" in capsys.readouterr().out  # the second run's FID in the printed table
+    out = capsys.readouterr().out
+    assert "| 12.0 |" in out  # the second run's FID in the printed table (no error recorded)
+    assert "| 0.900 ± 0.010 |" in out  # a bootstrap error is shown next to its value
     assert len(json.loads((tmp_path / "t.json").read_text())) == 3
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from helpers import compose_cfg
@@ -10,7 +12,7 @@ from lazygen.build import build_policy
 from lazygen.cache.adsa import ADSAConf, ADSAPolicy, BoundedKV, diversity_scores
 from lazygen.cache.base import CachePolicy
 from lazygen.config import validate
-from lazygen.errors import ConfigError
+from lazygen.errors import ConfigError, ConfigWarning
 from lazygen.models.llamagen import LlamaGen, LlamaGenArch
 from lazygen.samplers.ar import ARSampler, ARSamplerConf
 
@@ -135,8 +137,36 @@ def test_adsa_through_the_config() -> None:
 
 
 @pytest.mark.parametrize(
+    ("model", "tokens"), [("tiny_llamagen", 171), ("llamagen_xl", 384), ("llamagen_b", 384)]
+)
+def test_the_default_budget_is_the_papers_share_of_every_model(model: str, tokens: int) -> None:
+    """384 of 576 on the 384 px presets, 171 of tiny_llamagen's 256: the default evicts on every model."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConfigWarning)  # no capped-budget warning at the defaults
+        run = validate(compose_cfg(f"model={model}", "model.init=random", "cache=adsa"))
+    assert run.cache.relative and run.cache.tokens(run.model.arch.block_size) == tokens
+
+
+def test_a_share_and_a_count_name_the_same_budget() -> None:
+    share = validate(compose_cfg("model=tiny_llamagen", "cache=adsa", "cache.budget=0.5")).cache
+    count = validate(compose_cfg("model=tiny_llamagen", "cache=adsa", "cache.budget=128")).cache
+    assert (
+        share.tokens(256) == count.tokens(256) == 128 and share.tag == "adsa0.50" and count.tag == "adsa128"
+    )
+
+
+@pytest.mark.parametrize("budget", ["256", "1.0", "1000"])
+def test_a_budget_that_keeps_everything_is_a_warning_naming_the_key(budget: str) -> None:
+    with pytest.warns(ConfigWarning, match=rf"cache.budget={budget.rstrip('0').rstrip('.')}.* keeps all 256"):
+        validate(compose_cfg("model=tiny_llamagen", "cache=adsa", f"cache.budget={budget}"))
+
+
+@pytest.mark.parametrize(
     ("overrides", "needle"),
     [(["model=tiny_llamagen", "cache=adsa", "cache.budget=40"], "must exceed cache.prefix"),
+     (["model=tiny_llamagen", "cache=adsa", "cache.budget=0.1"], r"\(26 of the 256 image tokens"),
+     (["model=tiny_llamagen", "cache=adsa", "cache.budget=100.5"], "a whole number"),
+     (["model=tiny_llamagen", "cache=adsa", "cache.budget=-1"], "a share of the image tokens"),
      (["model=tiny_llamagen", "cache=adsa", "cache.mode=greedy"], "cache.mode"),
      (["model=tiny_llamagen", "cache=lazymar"], "cannot run model=tiny_llamagen"),
      (["model=tiny_mar", "cache=adsa"], "cannot run model=tiny_mar"),

@@ -97,4 +97,6 @@ def test_conf_dir_is_the_checkout_conf():
 def test_clip_denoised_needs_bounded_pixel_tokens():
     with pytest.raises(ConfigError, match="model.clip_denoised=true needs bounded tokens"):
         validate(compose_cfg("model=mar_b", "model.clip_denoised=true"))
-    assert validate(compose_cfg()).model.clip_denoised
+    with pytest.raises(ConfigError, match="kl latents have no fixed range"):  # tiny_mar's latents neither
+        validate(compose_cfg("model.clip_denoised=true"))
+    assert validate(compose_cfg("model.tokenizer.kind=pixel", "model.clip_denoised=true")).model.clip_denoised

@@ -76,3 +76,18 @@ def test_bootstrap_is_seeded():
     c = bootstrap_standard_errors(feats, None, reference, replicates=20, seed=4)
     assert a[FID_KEY + SE] == b[FID_KEY + SE] != c[FID_KEY + SE]
     assert CLASS_ACC_KEY + SE not in a
+
+
+def test_diversity_sees_a_collapse_to_one_prototype_per_class():
+    from lazygen.metrics.diversity import class_diversity, diversity_ratio
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(40) % 4
+    varied = (torch.rand(40, 8, 8, 3, generator=gen) * 255).to(torch.uint8)
+    collapsed = varied[labels].clone()  # every image of class c is image c
+    real = class_diversity(varied, labels)
+    assert set(real) == {0, 1, 2, 3} and all(v > 0 for v in real.values())
+    assert all(v == 0 for v in diversity_ratio(class_diversity(collapsed, labels), real).values())
+    half = varied.clone()
+    half[20:] = varied[:20]  # each class repeats its images once: still fairly diverse
+    assert all(0.5 < v < 1.0 for v in diversity_ratio(class_diversity(half, labels), real).values())
