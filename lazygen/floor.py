@@ -5,6 +5,9 @@ evaluator, against the same reference statistics (the training digits), with the
 is biased upwards at small N, so the floor is printed at the held-out size; compare generated runs with
 ``data.num_images`` of that size too (and at 1000 for the usual table).
 
+``--run DIR`` measures a finished tiny-model run beside the floor at equal N: the first images of each class
+in the run, as many as the held-out split has of that class (the class-matched subset).
+
 ``--damage`` also measures the held-out digits under controlled damage (noise at three levels, blur, a
 pixel shuffle within 2x2 cells): the evaluator is fit to judge generators only if every damage raises
 FID and more noise raises it more.
@@ -14,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from lazygen.data.digits16 import DatasetConf, load_digits16, to_uint8_rgb
@@ -27,21 +32,50 @@ BATCH = 256
 DAMAGE_SEED = 0
 
 
-def real_quality(
-    split: str = "heldout", splits: int = 10, conf: DatasetConf | None = None, damage: Damage | None = None
-) -> dict[str, float]:
-    """FID / IS / class accuracy (with bootstrap errors) of real digits of ``split``, measured like a
-    generated run; ``damage`` is applied to the images first (seeded)."""
-    images, labels = load_digits16(conf, split)
-    if damage is not None:
-        images = damage(images, torch.Generator().manual_seed(DAMAGE_SEED))
+def measure(images: torch.Tensor, labels: torch.Tensor, splits: int = 10) -> dict[str, float]:
+    """FID / IS / class accuracy, with bootstrap errors, of uint8 digits (N, 3, H, W) of classes ``labels``."""
     meter = QualityMeter(load_digits16_evaluator(), reference_stats=resolve_weight("digits16_stats"),
                          splits=splits, bootstrap=DEFAULT_BOOTSTRAP)  # fmt: skip
     for i in range(0, len(images), BATCH):
-        meter.update(to_uint8_rgb(images[i : i + BATCH]), labels[i : i + BATCH])
+        meter.update(images[i : i + BATCH], labels[i : i + BATCH])
     out = {k: float(v) for k, v in meter.compute().items()}
     out["meta/num_images"] = float(len(images))
     return out
+
+
+def real_quality(
+    split: str = "heldout", splits: int = 10, conf: DatasetConf | None = None, damage: Damage | None = None
+) -> dict[str, float]:
+    """The metrics of real digits of ``split``, measured like a generated run; ``damage`` is applied to
+    the images first (seeded)."""
+    images, labels = load_digits16(conf, split)
+    if damage is not None:
+        images = damage(images, torch.Generator().manual_seed(DAMAGE_SEED))
+    return measure(to_uint8_rgb(images), labels, splits)
+
+
+def class_matched(labels: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Indices of the first images of each class in ``labels``, as many as ``target`` holds of that class."""
+    picks = []
+    for c, count in zip(*np.unique(target, return_counts=True), strict=True):
+        members = np.flatnonzero(labels == c)
+        if len(members) < count:
+            raise ValueError(
+                f"the run has {len(members)} images of class {c}; the class-matched subset needs {count}"
+            )
+        picks.append(members[:count])
+    return np.sort(np.concatenate(picks))
+
+
+def run_quality(run_dir: Path, split: str = "heldout", splits: int = 10) -> dict[str, float]:
+    """The metrics of a finished run's class-matched subset (its ``samples.npz``) against ``split``."""
+    from lazygen.run import NPZ_FILE
+
+    data = np.load(Path(run_dir) / NPZ_FILE)
+    _, target = load_digits16(None, split)
+    keep = class_matched(data["labels"], target.numpy())
+    images = torch.from_numpy(data["arr_0"][keep]).permute(0, 3, 1, 2).contiguous()
+    return measure(images, torch.from_numpy(data["labels"][keep]), splits)
 
 
 def damage_curve(split: str = "heldout", splits: int = 10) -> dict[str, dict[str, float]]:

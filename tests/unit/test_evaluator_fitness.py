@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -91,3 +92,12 @@ def test_diversity_sees_a_collapse_to_one_prototype_per_class():
     half = varied.clone()
     half[20:] = varied[:20]  # each class repeats its images once: still fairly diverse
     assert all(0.5 < v < 1.0 for v in diversity_ratio(class_diversity(half, labels), real).values())
+
+
+def test_class_matched_subset_takes_the_first_images_of_each_class():
+    from lazygen.floor import class_matched
+
+    labels = np.array([0, 1, 0, 1, 2, 0, 2])
+    assert class_matched(labels, np.array([0, 0, 1, 2])).tolist() == [0, 1, 2, 4]
+    with pytest.raises(ValueError, match="class 1"):
+        class_matched(labels, np.array([1, 1, 1]))

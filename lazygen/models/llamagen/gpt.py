@@ -62,6 +62,11 @@ class LlamaGenArch:
     cls_token_num: int = 1
     num_classes: int = 1000
     class_dropout_prob: float = 0.1  # > 0 adds the null-class row used for CFG
+    # training-time regularisation, the official ModelArgs defaults (identity in eval mode; no parameters)
+    token_dropout_p: float = 0.1
+    attn_dropout_p: float = 0.0
+    resid_dropout_p: float = 0.1
+    ffn_dropout_p: float = 0.1
     block_size: int = 576  # image tokens: (image_size / 16) ** 2
     model_type: str = "c2i"
 
@@ -260,14 +265,15 @@ class RMSNorm(nn.Module):
 class FeedForward(nn.Module):
     """SwiGLU: ``w2(silu(w1 x) * w3 x)``."""
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.w1 = nn.Linear(dim, hidden, bias=False)
         self.w3 = nn.Linear(dim, hidden, bias=False)
         self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.ffn_dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
 
 
 class Attention(nn.Module):
@@ -278,6 +284,8 @@ class Attention(nn.Module):
         self.n_head, self.n_kv_head, self.head_dim = arch.n_head, arch.kv_heads, arch.head_dim
         self.wqkv = nn.Linear(arch.dim, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=False)
         self.wo = nn.Linear(arch.dim, arch.dim, bias=False)
+        self.attn_dropout_p = arch.attn_dropout_p
+        self.resid_dropout = nn.Dropout(arch.resid_dropout_p)
 
     def qkv(self, x: Tensor, rope: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, T, D) -> q (B, H, T, hd), k and v (B, H_kv, T, hd); q and k rotated."""
@@ -298,9 +306,11 @@ class Attention(nn.Module):
         t, m = q.shape[2], k.shape[2]
         if mask is None and 1 < t < m:  # new rows causal among themselves, every older entry visible
             mask = torch.ones(t, m, dtype=torch.bool, device=q.device).tril(m - t)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and t > 1)
+        dropout = self.attn_dropout_p if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and t > 1,
+                                             dropout_p=dropout)  # fmt: skip
         b = q.shape[0]
-        return self.wo(out.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
+        return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim)))
 
     def forward(self, x: Tensor, rope: Tensor, pos: Tensor, cache: LayerKV | None = None) -> Tensor:
         q, k, v = self.qkv(x, rope)
@@ -316,7 +326,7 @@ class TransformerBlock(nn.Module):
     def __init__(self, arch: LlamaGenArch) -> None:
         super().__init__()
         self.attention = Attention(arch)
-        self.feed_forward = FeedForward(arch.dim, arch.ffn_hidden)
+        self.feed_forward = FeedForward(arch.dim, arch.ffn_hidden, arch.ffn_dropout_p)
         self.attention_norm = RMSNorm(arch.dim, arch.norm_eps)
         self.ffn_norm = RMSNorm(arch.dim, arch.norm_eps)
 
@@ -342,6 +352,7 @@ class LlamaGen(nn.Module):
         self.arch = arch
         self.cls_embedding = ClassEmbedder(arch.num_classes, arch.dim, arch.class_dropout_prob)
         self.tok_embeddings = nn.Embedding(arch.vocab_size, arch.dim)
+        self.tok_dropout = nn.Dropout(arch.token_dropout_p)
         self.layers = nn.ModuleList(TransformerBlock(arch) for _ in range(arch.n_layer))
         self.norm = RMSNorm(arch.dim, arch.norm_eps)
         self.output = nn.Linear(arch.dim, arch.vocab_size, bias=False)
@@ -405,7 +416,7 @@ class LlamaGen(nn.Module):
         pos = torch.as_tensor(pos, dtype=torch.long)
         if caches is not None and len(caches) != len(self.layers):
             raise ValueError(f"{len(caches)} caches for {len(self.layers)} layers")
-        x = self.embed(tokens, pos)
+        x = self.tok_dropout(self.embed(tokens, pos))
         rope = self.rope(pos, x.device)
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, pos, None if caches is None else caches[i])
