@@ -25,6 +25,7 @@ import torch
 from lazygen.data.digits16 import DatasetConf, load_digits16, to_uint8_rgb
 from lazygen.metrics.damage import Damage, damages
 from lazygen.metrics.digits_classifier import load_digits16_evaluator
+from lazygen.metrics.diversity import class_diversity, diversity_ratio
 from lazygen.metrics.quality import DEFAULT_BOOTSTRAP, QualityMeter
 from lazygen.weights import resolve_weight
 
@@ -68,14 +69,21 @@ def class_matched(labels: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def run_quality(run_dir: Path, split: str = "heldout", splits: int = 10) -> dict[str, float]:
-    """The metrics of a finished run's class-matched subset (its ``samples.npz``) against ``split``."""
+    """The metrics of a finished run's class-matched subset (its ``samples.npz``) against ``split``, and
+    the within-class diversity of all its images relative to the real digits of ``split`` (min over
+    classes and mean)."""
     from lazygen.run import NPZ_FILE
 
     data = np.load(Path(run_dir) / NPZ_FILE)
-    _, target = load_digits16(None, split)
+    real, target = load_digits16(None, split)
     keep = class_matched(data["labels"], target.numpy())
     images = torch.from_numpy(data["arr_0"][keep]).permute(0, 3, 1, 2).contiguous()
-    return measure(images, torch.from_numpy(data["labels"][keep]), splits)
+    out = measure(images, torch.from_numpy(data["labels"][keep]), splits)
+    ratio = diversity_ratio(class_diversity(data["arr_0"], data["labels"]),
+                            class_diversity(to_uint8_rgb(real).numpy(), target.numpy()))  # fmt: skip
+    out["quality/diversity_ratio_min"] = min(ratio.values())
+    out["quality/diversity_ratio_mean"] = sum(ratio.values()) / len(ratio)
+    return out
 
 
 def damage_curve(split: str = "heldout", splits: int = 10) -> dict[str, dict[str, float]]:
