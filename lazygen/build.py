@@ -59,9 +59,14 @@ def build_model(
         factory = lambda: LlamaGen(conf.arch)  # noqa: E731
         return _network(factory, conf, conf.weights, "model.weights.path", device, home, read_gpt_checkpoint)
     model = _network(lambda: MAR(conf.arch), conf, conf.weights, "model.weights.path", device, home)
-    if conf.clip_denoised:  # bounded pixel tokens: the head's x0 estimate is clamped to their range
+    if conf.clip_denoised:  # bounded tokens: the head's x0 estimate is clamped to their range
         tok = conf.tokenizer
-        model.diffloss.gen_diffusion.x0_range = PixelTokenizer(tok.latent_scale, tok.latent_shift).token_range
+        bounded = tok.kind != "pixel"
+        model.diffloss.gen_diffusion.x0_range = (
+            (-tok.latent_bound, tok.latent_bound)
+            if bounded
+            else PixelTokenizer(tok.latent_scale, tok.latent_shift).token_range
+        )
     return model
 
 

@@ -58,9 +58,10 @@ class TokenizerConf:
     latent_scale: float = 0.2325
     latent_shift: float = 0.0  # pixel tokens: (image - shift) * scale, so tokens have about zero mean
     levels: int = 16  # levels tokens: evenly spaced intensities in [-1, 1]
-    arch: KLArch = field(
-        default_factory=KLArch
-    )  # kind=kl: the autoencoder's shape (kl16 is the official one)
+    # kind=kl: the autoencoder's shape (kl16 is always the official one), and the bound that |latent tokens|
+    # of real images stay below (a lazygen-trained autoencoder's manifest records it as latent_abs_max)
+    arch: KLArch = field(default_factory=KLArch)
+    latent_bound: float | None = None
 
 
 @dataclass
@@ -82,7 +83,9 @@ class ModelConf:
     tokenizer: TokenizerConf = field(default_factory=TokenizerConf)
     default_cfg: float = 3.0
     default_num_iter: int = 64
-    clip_denoised: bool = False  # clamp the diffusion head's x0 to the tokens' range (bounded pixel tokens)
+    clip_denoised: bool = (
+        False  # clamp the diffusion head's x0 to the tokens' range (pixel or bounded latents)
+    )
     evaluator: EvaluatorConf = field(default_factory=EvaluatorConf)
 
     @property
@@ -430,6 +433,7 @@ def _validate_mar(run: RunConf) -> None:
     require(s.diffusion_steps is None or MIN_DIFFUSION_STEPS <= s.diffusion_steps <= MAX_DIFFUSION_STEPS,
            f"sampler.diffusion_steps={s.diffusion_steps} must be between {MIN_DIFFUSION_STEPS} and 1000 (the "
            "learned variance needs two steps), or null for the model's default.")  # fmt: skip
-    require(not m.clip_denoised or m.tokenizer.kind == "pixel",
-           f"model.clip_denoised=true needs bounded tokens, but {m.tokenizer.kind} latents have no fixed "
-           "range; set model.clip_denoised=false (the official MAR setting).")  # fmt: skip
+    require(not m.clip_denoised or m.tokenizer.kind == "pixel" or m.tokenizer.latent_bound is not None,
+           f"model.clip_denoised=true needs bounded tokens, but these {m.tokenizer.kind} latents have no "
+           "model.tokenizer.latent_bound; set model.clip_denoised=false (the official MAR setting) or give the "
+           "bound (a lazygen-trained autoencoder's manifest records it as latent_abs_max).")  # fmt: skip

@@ -196,6 +196,7 @@ def _tokenizer_extras(module: AutoencoderFitModule, data: DatasetConf) -> dict[s
     return {
         "latent_std": float(samples.std()),
         "latent_mean": float(samples.mean()),
+        "latent_abs_max": float((samples / samples.std()).abs().max()),  # of the scaled tokens MAR sees
         "suggested_latent_scale": round(1.0 / float(samples.std()), 4),
         "heldout_psnr_db": round(10 * math.log10(PIXEL_RANGE**2 / mse), 2),
     }

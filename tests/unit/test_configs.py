@@ -94,9 +94,13 @@ def test_conf_dir_is_the_checkout_conf():
     assert Path(CONFIG_PATH) == REPO / "conf"
 
 
-def test_clip_denoised_needs_bounded_pixel_tokens():
+def test_clip_denoised_needs_bounded_tokens():
     with pytest.raises(ConfigError, match="model.clip_denoised=true needs bounded tokens"):
         validate(compose_cfg("model=mar_b", "model.clip_denoised=true"))
-    with pytest.raises(ConfigError, match="kl latents have no fixed range"):  # tiny_mar's latents neither
-        validate(compose_cfg("model.clip_denoised=true"))
+    with pytest.raises(ConfigError, match="no model.tokenizer.latent_bound"):
+        validate(compose_cfg("model.tokenizer.latent_bound=null"))  # tiny_mar clips, so it needs its bound
     assert validate(compose_cfg("model.tokenizer.kind=pixel", "model.clip_denoised=true")).model.clip_denoised
+    run = validate(compose_cfg("model.init=random"))  # tiny_mar: its KL latents are bounded by the manifest's
+    from lazygen.build import build_model
+
+    assert run.model.clip_denoised and build_model(run.model).diffloss.gen_diffusion.x0_range == (-5.0, 5.0)
