@@ -78,6 +78,8 @@ def _validate(recipe: RecipeConf, data: DatasetConf) -> None:
         raise ConfigError(
             f"recipe.max_steps={recipe.max_steps} and recipe.batch_size={recipe.batch_size} must be at least 1."
         )
+    if recipe.posterior not in ("sample", "mean"):
+        raise ConfigError(f"recipe.posterior={recipe.posterior!r} must be sample (MAR's official) or mean.")
     if recipe.lr_schedule not in ("cosine", "constant"):
         raise ConfigError(f"recipe.lr_schedule={recipe.lr_schedule!r} must be cosine or constant.")
     if not 0.0 <= recipe.mask_ratio_min <= 1.0:
@@ -180,24 +182,27 @@ def _evaluator_extras(module: ClassifierFitModule, data: DatasetConf, export_dir
 
 
 def _tokenizer_extras(module: AutoencoderFitModule, data: DatasetConf) -> dict[str, Any]:
-    """What MAR needs to know of the trained autoencoder: the scale that gives its latent samples unit
-    variance (``model.tokenizer.latent_scale``), and how well it reconstructs the held-out digits."""
+    """What MAR needs to know of the trained autoencoder: the scale that gives the posterior means of the
+    training digits unit variance (``model.tokenizer.latent_scale``; ``recipe.posterior=mean`` trains MAR on
+    those means), the largest scaled mean (``model.tokenizer.latent_bound``), the posterior noise, and how
+    well it reconstructs the held-out digits."""
     net = module.net.eval()
     net.load_state_dict(module.ema.state_dict())
-    gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         train, _ = load_digits16(data, "train")
-        samples = torch.cat(
-            [net.encode(train[i : i + EVAL_BATCH]).sample(gen) for i in range(0, len(train), EVAL_BATCH)]
-        )
+        posteriors = [net.encode(train[i : i + EVAL_BATCH]) for i in range(0, len(train), EVAL_BATCH)]
+        means = torch.cat([p.mean for p in posteriors])
+        noise = torch.cat([p.std for p in posteriors])
         heldout, _ = load_digits16(data, "heldout")
         recon = net.decode(net.encode(heldout).mode()).clamp(-1, 1)
         mse = float((recon - heldout).square().mean())
+    std = float(means.std())
     return {
-        "latent_std": float(samples.std()),
-        "latent_mean": float(samples.mean()),
-        "latent_abs_max": float((samples / samples.std()).abs().max()),  # of the scaled tokens MAR sees
-        "suggested_latent_scale": round(1.0 / float(samples.std()), 4),
+        "latent_std": std,
+        "latent_mean": float(means.mean()),
+        "latent_abs_max": float((means / std).abs().max()),  # of the scaled tokens MAR sees
+        "posterior_std": float(noise.mean()),  # the KL noise, against latent_std
+        "suggested_latent_scale": round(1.0 / std, 4),
         "heldout_psnr_db": round(10 * math.log10(PIXEL_RANGE**2 / mse), 2),
     }
 

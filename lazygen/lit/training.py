@@ -47,6 +47,7 @@ class RecipeConf:
     diffusion_batch_mul: int = 4  # mar only
     augment_shift: int = 0  # evaluator, llamagen, tokenizer: random translation by up to this many pixels
     kl_weight: float = 0.0  # tokenizer only: weight of the KL to N(0, I) per latent element
+    posterior: str = "sample"  # mar with a KL tokenizer: train on posterior samples (official) or means
     log_every: int = 50
     checkpoint_every: int = 500  # steps between <run dir>/checkpoints/last.ckpt updates (for resuming)
     num_threads: int | None = None
@@ -175,8 +176,8 @@ class MARFitModule(_FitModule):
 
     def masked_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         model, r, gen = self.net, self.recipe, self.rng
-        with torch.no_grad():  # the tokenizer is frozen (a KL autoencoder samples its posterior, as MAR's)
-            tokens = model.patchify(self.tokenizer.encode_to_latent(images))
+        with torch.no_grad():  # the tokenizer is frozen
+            tokens = model.patchify(self.tokenizer.encode_to_latent(images, sample=r.posterior == "sample"))
         n, seq_len, _ = tokens.shape
         ratio = truncated_normal(r.mask_ratio_min, 1.0, 1.0, r.mask_ratio_std, gen)
         num_masked = min(seq_len, math.ceil(seq_len * ratio))
