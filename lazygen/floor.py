@@ -101,15 +101,26 @@ def main() -> None:
     parser.add_argument(
         "--damage", action="store_true", help="also measure the split under controlled damage"
     )
+    parser.add_argument("--run", type=Path, help="a finished run: its class-matched subset beside the floor")
     args = parser.parse_args()
     with torch.no_grad():
-        if not args.damage:
+        if not args.damage and args.run is None:
             print(json.dumps(real_quality(args.split, args.is_splits), indent=2, sort_keys=True))
             return
-        print("| images | FID | class acc |\n|---|---|---|")
-        for name, m in damage_curve(args.split, args.is_splits).items():
-            print(f"| {name} | {m['quality/fid']:.1f} ± {m['quality/fid_se']:.1f} | "
+        floor = {"clean (the floor)": real_quality(args.split, args.is_splits)}
+        rows = damage_curve(args.split, args.is_splits) if args.damage else floor
+        if args.run is not None:
+            rows[f"{args.run} (class-matched)"] = run_quality(args.run, args.split, args.is_splits)
+        print("| images | N | FID | class acc |\n|---|---|---|---|")
+        for name, m in rows.items():
+            print(f"| {name} | {m['meta/num_images']:.0f} | {m['quality/fid']:.1f} ± {m['quality/fid_se']:.1f} | "
                   f"{m['quality/class_acc']:.3f} ± {m['quality/class_acc_se']:.3f} |")  # fmt: skip
+        if args.run is not None:
+            m = rows[f"{args.run} (class-matched)"]
+            print(
+                f"\nwithin-class diversity of every image of {args.run} over the real {args.split} digits': "
+                f"min {m['quality/diversity_ratio_min']:.2f}, mean {m['quality/diversity_ratio_mean']:.2f}"
+            )
 
 
 if __name__ == "__main__":
