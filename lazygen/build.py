@@ -61,11 +61,10 @@ def build_model(
     model = _network(lambda: MAR(conf.arch), conf, conf.weights, "model.weights.path", device, home)
     if conf.clip_denoised:  # bounded tokens: the head's x0 estimate is clamped to their range
         tok = conf.tokenizer
-        bounded = tok.kind != "pixel"
         model.diffloss.gen_diffusion.x0_range = (
-            (-tok.latent_bound, tok.latent_bound)
-            if bounded
-            else PixelTokenizer(tok.latent_scale, tok.latent_shift).token_range
+            PixelTokenizer(tok.latent_scale, tok.latent_shift).token_range
+            if tok.kind == "pixel"
+            else (-tok.latent_bound, tok.latent_bound)  # KL latents: the bound their manifest records
         )
     return model
 

@@ -40,8 +40,11 @@ def exit_with_user_error(exc: LazygenError) -> None:
 
 
 def show_config_warnings() -> None:
-    """Show :class:`ConfigWarning` as one yellow paragraph (no file and line: it is about the config)."""
+    """Show :class:`ConfigWarning` as one yellow paragraph (no file and line: it is about the config).
+    Installed once per process (a multirun calls the entry point once per job)."""
     default = warnings.showwarning
+    if getattr(default, "lazygen", False):
+        return
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         if issubclass(category, ConfigWarning):
@@ -50,6 +53,7 @@ def show_config_warnings() -> None:
         else:
             default(message, category, filename, lineno, file, line)
 
+    show.lazygen = True  # type: ignore[attr-defined]
     warnings.showwarning = show
     warnings.simplefilter("always", ConfigWarning)
 
