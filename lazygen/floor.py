@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from lazygen.data.digits16 import DatasetConf, load_digits16, to_uint8_rgb
+from lazygen.errors import LazygenError
 from lazygen.metrics.damage import Damage, damages
 from lazygen.metrics.digits_classifier import load_digits16_evaluator
 from lazygen.metrics.diversity import class_diversity, diversity_ratio
@@ -61,8 +62,10 @@ def class_matched(labels: np.ndarray, target: np.ndarray) -> np.ndarray:
     for c, count in zip(*np.unique(target, return_counts=True), strict=True):
         members = np.flatnonzero(labels == c)
         if len(members) < count:
-            raise ValueError(
-                f"the run has {len(members)} images of class {c}; the class-matched subset needs {count}"
+            raise LazygenError(
+                f"The run has {len(members)} images of class {c}, but the class-matched subset needs {count} "
+                "(as many as the held-out split has); generate at least that many per class, e.g. "
+                "data.num_images=1000."
             )
         picks.append(members[:count])
     return np.sort(np.concatenate(picks))
@@ -74,7 +77,12 @@ def run_quality(run_dir: Path, split: str = "heldout", splits: int = 10) -> dict
     classes and mean)."""
     from lazygen.run import NPZ_FILE
 
-    data = np.load(Path(run_dir) / NPZ_FILE)
+    path = Path(run_dir) / NPZ_FILE
+    if not path.is_file():
+        raise LazygenError(
+            f"{run_dir} has no {NPZ_FILE}: give a finished run dir (made with callbacks.save_npz=true)."
+        )
+    data = np.load(path)
     real, target = load_digits16(None, split)
     keep = class_matched(data["labels"], target.numpy())
     images = torch.from_numpy(data["arr_0"][keep]).permute(0, 3, 1, 2).contiguous()
@@ -110,7 +118,12 @@ def main() -> None:
         floor = {"clean (the floor)": real_quality(args.split, args.is_splits)}
         rows = damage_curve(args.split, args.is_splits) if args.damage else floor
         if args.run is not None:
-            rows[f"{args.run} (class-matched)"] = run_quality(args.run, args.split, args.is_splits)
+            try:
+                rows[f"{args.run} (class-matched)"] = run_quality(args.run, args.split, args.is_splits)
+            except LazygenError as exc:
+                from lazygen.cli import exit_with_user_error
+
+                exit_with_user_error(exc)
         print("| images | N | FID | class acc |\n|---|---|---|---|")
         for name, m in rows.items():
             print(f"| {name} | {m['meta/num_images']:.0f} | {m['quality/fid']:.1f} ± {m['quality/fid_se']:.1f} | "

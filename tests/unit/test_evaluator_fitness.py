@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from lazygen.errors import LazygenError
 from lazygen.floor import damage_curve
 from lazygen.metrics.damage import NOISE_LEVELS, add_noise, gaussian_blur, shuffle_cells
 from lazygen.metrics.quality import CLASS_ACC_KEY, FID_KEY, bootstrap_standard_errors, compute_stats
@@ -99,5 +100,5 @@ def test_class_matched_subset_takes_the_first_images_of_each_class():
 
     labels = np.array([0, 1, 0, 1, 2, 0, 2])
     assert class_matched(labels, np.array([0, 0, 1, 2])).tolist() == [0, 1, 2, 4]
-    with pytest.raises(ValueError, match="class 1"):
+    with pytest.raises(LazygenError, match="class 1"):
         class_matched(labels, np.array([1, 1, 1]))
