@@ -339,14 +339,15 @@ def bootstrap_standard_errors(
     num = features.shape[0]
     gen = torch.Generator().manual_seed(seed)
     feats = features.detach().to(torch.float64).cpu()
+    hits = None if agree is None else agree.cpu().to(torch.float64)
     fids, accs = [], []
     for _ in range(replicates):
         rows = torch.randint(0, num, (num,), generator=gen)
         if reference is not None:
             mu, sigma = compute_stats(feats[rows])
             fids.append(frechet_distance(mu, sigma, *reference, method=method))
-        if agree is not None:
-            accs.append(float(agree.cpu()[rows].to(torch.float64).mean()))
+        if hits is not None:
+            accs.append(float(hits[rows].mean()))
     out: dict[str, Tensor] = {}
     if fids:
         out[FID_KEY + STANDARD_ERROR_SUFFIX] = torch.tensor(fids, dtype=torch.float64).std()

@@ -63,10 +63,6 @@ class KLArch:
     attn_resolutions_encoder: list[int] = field(default_factory=lambda: list(KL16_ATTN_RESOLUTIONS_ENCODER))
     attn_resolutions_decoder: list[int] = field(default_factory=lambda: list(KL16_ATTN_RESOLUTIONS_DECODER))
 
-    @property
-    def stride(self) -> int:
-        return UPSAMPLE_FACTOR ** (len(self.ch_mult) - 1)
-
 
 def swish(x: torch.Tensor) -> torch.Tensor:
     """The LDM nonlinearity ``x * sigmoid(x)`` (identical to SiLU)."""
