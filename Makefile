@@ -2,7 +2,7 @@
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: help install test test-full lint run bench train-tiny floor
+.PHONY: help install test test-full lint run bench audit train-tiny floor
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-11s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ run:  ## the embedded CPU default run
 bench:  ## FLOPs of MAR-B/L/H with/without LazyMAR, KV memory and FLOPs of LlamaGen-XL with ADSA, CPU wall-clock
 	$(PYTHON) -m lazygen.bench
 	$(PYTHON) -m lazygen.bench_llamagen
+
+audit:  ## every cache policy and sampler on every shipped model: FLOPs and KV bytes against its baseline
+	$(PYTHON) -m lazygen.audit
 
 train-tiny:  ## retrain the shipped evaluator, tiny_mar (autoencoder, then MAR) and tiny_llamagen on digits16 into lazygen/assets (CPU)
 	$(PYTHON) -m lazygen.train recipe=evaluator data=digits16 export_dir=lazygen/assets

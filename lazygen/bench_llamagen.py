@@ -17,6 +17,7 @@ import json
 import torch
 
 from lazygen.bench import generator_for
+from lazygen.lit.generation import Generator
 from lazygen.metrics.perf import measure_flops
 
 MIB = 2**20
@@ -45,7 +46,11 @@ def variants(budgets: list[int], cadences: list[int]) -> list[tuple[int | None, 
 def kv_bytes(model_name: str, budget: int | None, batch: int, dtype: torch.dtype) -> int:
     """Bytes of the KV caches one generation of ``batch`` images (CFG: 2 rows each) allocates."""
     cache, extra = variant(budget)
-    gen = generator_for(model_name, cache, None, "meta", *extra)
+    return generator_kv_bytes(generator_for(model_name, cache, None, "meta", *extra), batch, dtype)
+
+
+def generator_kv_bytes(gen: Generator, batch: int, dtype: torch.dtype) -> int:
+    """Bytes of the KV caches ``gen`` (built on the meta device) allocates for ``batch`` images."""
     model = gen.model.to(dtype)
     rows = 2 * batch if gen.sampler.conf.cfg != 1.0 else batch
     gen.policy.reset(batch)

@@ -15,7 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lazygen.cache.adsa import ADSAConf
 from lazygen.cache.lazymar import LazyMARConf
-from lazygen.errors import ConfigError, require, require_one_of
+from lazygen.errors import ConfigError, advise, require, require_one_of
 from lazygen.models.llamagen.gpt import LlamaGenArch
 from lazygen.models.mar.mar import MARArch
 from lazygen.models.vae.kl import KLArch
@@ -370,6 +370,10 @@ def _validate_llamagen(run: RunConf) -> None:
            f"sampler.num_iter={s.num_iter}: next-token decoding takes one step per image token "
            f"({m.arch.block_size}); leave it at ${{model.default_num_iter}} (set to {m.arch.block_size}).")  # fmt: skip
     require(s.top_k >= 0, f"sampler.top_k={s.top_k} must be 0 (off) or a positive number of tokens.")
+    if s.top_k >= m.arch.vocab_size:
+        advise(f"sampler.top_k={s.top_k} keeps every one of the {m.arch.vocab_size} tokens of model={m.name}'s "
+               f"vocabulary, so it filters nothing (the same as sampler.top_k=0). Set it below "
+               f"{m.arch.vocab_size} to restrict sampling.")  # fmt: skip
     require(
         0 < s.top_p <= 1, f"sampler.top_p={s.top_p} must be in (0, 1]; 1.0 switches nucleus sampling off."
     )
@@ -400,6 +404,10 @@ def _validate_mar(run: RunConf) -> None:
         )
     if isinstance(run.cache, LazyMARConf):
         run.cache.check(cfg_on=s.cfg != 1.0, decoder_depth=m.arch.decoder_depth, model_family=m.family)
+        if s.num_iter <= run.cache.refresh_start:
+            advise(f"cache.refresh_start={run.cache.refresh_start} covers all sampler.num_iter={s.num_iter} steps, "
+                   "so every step runs the transformer in full and LazyMAR reuses only the diffusion head's "
+                   f"work. Set cache.refresh_start below {s.num_iter} to cache the transformer too.")  # fmt: skip
     require_one_of("sampler.cfg_schedule", s.cfg_schedule, CFG_SCHEDULES)
     if isinstance(s, HaltonSamplerConf):
         require_one_of("sampler.schedule", s.schedule, HALTON_SCHEDULES)
@@ -425,6 +433,10 @@ def _validate_mar(run: RunConf) -> None:
         require(dim % heads == 0,
                f"model.arch.{side}_embed_dim={dim} is not divisible by {side}_num_heads={heads}; "
                "pick a head count that divides the width.")  # fmt: skip
+    if s.name == "steps" and s.num_iter >= m.default_num_iter:
+        advise(f"sampler=steps with sampler.num_iter={s.num_iter} takes no fewer steps than model={m.name}'s "
+               f"default ({m.default_num_iter}), so it accelerates nothing. Set sampler.num_iter below "
+               f"{m.default_num_iter} (the tables use 32, 16 and 8).")  # fmt: skip
     require(
         1 <= s.num_iter <= a.seq_len,
         f"sampler.num_iter={s.num_iter} is out of range: a {a.seq_len}-token image takes between 1 and "

@@ -65,6 +65,8 @@ class HaltonSamplerConf(MARSamplerConf):
 
 class HaltonSampler(MARSampler):
     name = "halton"
+    # lazygen.audit: this sampler changes quality, not cost
+    same_work_reason = "only the reveal order changes; the work is MAR's at the same num_iter (GtR's tables give +Halton the speedup of +Step)"
 
     def __init__(self, conf: HaltonSamplerConf) -> None:
         super().__init__(conf)
