@@ -6,18 +6,26 @@ package ``lazygen.conf``. User mistakes end with one clear paragraph and exit co
 
 from __future__ import annotations
 
+import errno
+import os
+import shlex
+import signal
 import sys
+import threading
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.table import Table
 
-from lazygen.errors import ConfigWarning, LazygenError
+from lazygen.errors import ConfigError, ConfigWarning, LazygenError
 
 USER_ERROR_EXIT = 2
 _CHECKOUT_CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -70,21 +78,143 @@ def print_summary(metrics: dict[str, float], run_dir: str) -> None:
     Console(stderr=True).print(table)
 
 
+@dataclass
+class _Session:
+    """What the process learned while Hydra ran: which signal stopped it, which multirun jobs failed."""
+
+    signal: int | None = None
+    failed_jobs: list[str] = field(default_factory=list)
+    sweep_dir: str | None = None
+
+
+_SESSION = _Session()
+INTERRUPT_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal number, as shells report it
+# errors of the file system that the user can fix: full disk, permissions, a path that is a file
+USER_IO_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EEXIST,
+                  errno.ENOTDIR, errno.EISDIR}  # fmt: skip
+
+
+def _on_signal(signum: int, frame) -> None:
+    """SIGINT and SIGTERM both stop the run the same way: a KeyboardInterrupt Lightning shuts down on."""
+    _SESSION.signal = signum
+    raise KeyboardInterrupt
+
+
+def install_signal_handlers() -> None:
+    if threading.current_thread() is threading.main_thread():
+        for signum in INTERRUPT_EXIT:
+            signal.signal(signum, _on_signal)
+
+
+def resume_command(run_dir: str) -> str:
+    """The command that continues this job in its run directory."""
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
+    return " ".join(
+        ["python -m lazygen", *map(shlex.quote, overrides), shlex.quote(f"hydra.run.dir={run_dir}")]
+    )
+
+
+def io_error(exc: OSError, run_dir: str | None = None) -> LazygenError:
+    where = f" Samples finished so far are kept in {run_dir}." if run_dir else ""
+    return LazygenError(
+        f"lazygen could not write {exc.filename or 'a file'}: {exc.strerror}.{where} Free disk space, make the "
+        "directory writable, or choose another hydra.run.dir (a directory, not a file), then rerun the same "
+        "command to resume."
+    )
+
+
+def validate_sweep() -> None:
+    """Compose and validate every job of this multirun before the first one runs (the basic sweeper's
+    expansion of the command line and ``hydra.sweeper.params``); one paragraph lists every invalid job."""
+    from hydra import compose
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from lazygen.config import validate
+
+    hc = HydraConfig.get()
+    if "BasicSweeper" not in str(hc.sweeper.get("_target_", "")):
+        return  # other sweepers (e.g. Optuna) choose their jobs as they go
+    params = [f"{k}={v}" for k, v in (hc.sweeper.get("params") or {}).items()]
+    arguments = get_args_parser().parse_args(sys.argv[1:]).overrides
+    parsed = OverridesParser.create().parse_overrides(params + arguments)
+    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    problems = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConfigWarning)  # each job shows its own when it runs
+        for num, job in enumerate(jobs):
+            try:
+                validate(
+                    compose(config_name="config", overrides=[o for o in job if not o.startswith("hydra.")])
+                )
+            except (LazygenError, HydraException, OmegaConfBaseException) as exc:
+                swept = [o for o in job if any(o not in other for other in jobs)]  # what tells jobs apart
+                problems.append(f"job {num} ({' '.join(swept)}): {exc}")
+    if problems:
+        raise ConfigError(
+            f"{len(problems)} of the {len(jobs)} jobs of this multirun are invalid, so none was started. "
+            + " ".join(problems)
+            + " Fix or drop those values and rerun."
+        )
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     show_config_warnings()
+    install_signal_handlers()
     run_dir = hc.runtime.output_dir
-    group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
+    multirun = hc.mode == RunMode.MULTIRUN
+    group = Path(hc.sweep.dir).name if multirun else None
+    if multirun and hc.job.num == 0:
+        try:
+            validate_sweep()
+        except LazygenError as exc:
+            exit_with_user_error(exc)
+    _SESSION.sweep_dir = hc.sweep.dir if multirun else None
     try:
         from lazygen.run import run_job
 
         metrics = run_job(cfg, run_dir, group=group)
-    except LazygenError as exc:
-        exit_with_user_error(exc)
+    except (KeyboardInterrupt, SystemExit):
+        if _SESSION.signal is None:
+            raise
+        Console(stderr=True).print(
+            f"[bold yellow]lazygen stopped[/] by {signal.Signals(_SESSION.signal).name}. Finished samples are kept; "
+            f"resume with: {resume_command(run_dir)}", highlight=False, soft_wrap=True)  # fmt: skip
+        sys.exit(INTERRUPT_EXIT[_SESSION.signal])
+    except (LazygenError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in USER_IO_ERRNOS:
+            raise
+        error = io_error(exc, run_dir) if isinstance(exc, OSError) else exc
+        if not multirun:
+            exit_with_user_error(error)
+        Console(stderr=True).print(f"[bold red]lazygen error (job {hc.job.num}, the others go on):[/] {error}",
+                                   highlight=False, soft_wrap=True)  # fmt: skip
+        _SESSION.failed_jobs.append(f"job {hc.job.num} ({' '.join(hc.overrides.task)})")
+        return None
     if metrics:
         print_summary(metrics, run_dir)
     return metrics.get("quality/fid") if metrics else None
+
+
+def main() -> None:
+    """The console entry point: Hydra's errors and every user mistake exit 2 with one paragraph."""
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises; the handlers below report
+    try:
+        _hydra_main()
+    except (HydraException, OmegaConfBaseException) as exc:
+        exit_with_user_error(LazygenError(str(exc)))
+    except OSError as exc:
+        if exc.errno not in USER_IO_ERRNOS:
+            raise
+        exit_with_user_error(io_error(exc))
+    if _SESSION.failed_jobs:
+        exit_with_user_error(LazygenError(
+            f"Jobs of this multirun that failed (the others ran): "
+            f"{'; '.join(_SESSION.failed_jobs)}. Their errors are printed above; fix the cause and rerun the same "
+            f"command with hydra.sweep.dir={_SESSION.sweep_dir} to resume them (finished jobs are kept)."))  # fmt: skip
 
 
 if __name__ == "__main__":

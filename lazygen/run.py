@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from lazygen.data.specs import SampleSpec, SpecDataset, build_specs
 from lazygen.errors import ConfigError, LazygenError
 from lazygen.lit.generation import GenerationModule, Generator
 from lazygen.metrics.perf import latency_metrics, measure_flops
+from lazygen.rundir import RunLock, check_settings, intact_indices, is_worker_process, sample_settings
 
 METRICS_FILE = "metrics.json"
 NPZ_FILE = "samples.npz"
@@ -280,16 +282,34 @@ def run_name(run: RunConf, tag: str) -> str:
 
 
 def run_job(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> dict[str, float]:
-    """Generate (or resume) one job's samples into ``run_dir`` and measure them; returns metrics."""
+    """Generate (or resume) one job's samples into ``run_dir`` and measure them; returns metrics.
+
+    The directory is claimed by this process for the job, and a resume must have the settings that made
+    its samples (see :mod:`lazygen.rundir`); re-executed DDP ranks work under rank 0's claim.
+    """
     run = validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if is_worker_process():
+        return _run_job(run, cfg, run_dir, group)
+    with RunLock(run_dir):
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        check_settings(run_dir, sample_settings(resolved), has_samples=bool(read_batch_records(run_dir)))
+        return _run_job(run, cfg, run_dir, group)
+
+
+def _run_job(run: RunConf, cfg: DictConfig, run_dir: Path, group: str | None) -> dict[str, float]:
     if run.hardware.num_threads:
         torch.set_num_threads(run.hardware.num_threads)
     home = Path(str(cfg.paths.weights_dir)) if "paths" in cfg else None
     specs = build_specs(run.data.num_images, run.model.num_classes, run.data.labels, run.data.seed)
     records = read_batch_records(run_dir)
     done = finished_indices(run_dir, records)
+    if not is_worker_process():
+        done, damaged = intact_indices(run_dir, done, run.callbacks.save_latents)
+        if damaged:
+            print(f"lazygen: {len(damaged)} finished samples had an unreadable or missing PNG or latent (first: "
+                  f"{damaged[:5]}); they are generated again.", file=sys.stderr)  # fmt: skip
     todo = [s for s in specs if s.index not in done]
 
     generator = make_generator(run, "cpu", home)

@@ -27,7 +27,7 @@ def sample_png(run_dir: Path, index: int) -> Path:
 
 
 def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: no two writers share one
     write(tmp)
     os.replace(tmp, path)
 

@@ -128,15 +128,46 @@ def _torch_load(path: Path, extra_safe_globals: Sequence[type]) -> object:
 
 
 def _unsafe_globals(path: Path, allowed: Iterable[type]) -> list[str]:
-    """Names of pickled globals the weights-only loader rejects; empty if the file is not a torch zip."""
-    if not zipfile.is_zipfile(path):
-        return []
+    """Names of pickled globals the weights-only loader rejects; empty if the file holds none or is no pickle."""
     allowed_names = {f"{cls.__module__}.{cls.__qualname__}" for cls in allowed}
+    if zipfile.is_zipfile(path):
+        try:
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # a zip that is not a torch checkpoint: report it as corrupted instead.
+            return []
+    else:
+        found = _legacy_pickle_globals(path)
+    return [name for name in found if name not in allowed_names and name not in LEGACY_FORMAT_GLOBALS]
+
+
+# globals every legacy (pre-zip) torch file names for its storages and tensors: torch's own, not user code
+LEGACY_FORMAT_GLOBALS = {"torch._utils._rebuild_tensor_v2", "torch.FloatStorage", "torch.DoubleStorage",
+                         "torch.HalfStorage", "torch.BFloat16Storage", "torch.LongStorage", "torch.IntStorage",
+                         "torch.ByteStorage", "torch.BoolStorage", "collections.OrderedDict"}  # fmt: skip
+
+
+def _legacy_pickle_globals(path: Path) -> list[str]:
+    """The ``module.name`` globals of a legacy torch file (a few pickles in a row), read without running any
+    of them; empty for a file that is not a pickle stream."""
+    import io
+    import pickletools
+
+    found: list[str] = []
+    with open(path, "rb") as f:
+        data = io.BytesIO(f.read())
     try:
-        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # a zip that is not a torch checkpoint: report it as corrupted instead.
-        return []
-    return [name for name in found if name not in allowed_names]
+        while data.tell() < len(data.getbuffer()):
+            strings: list[str] = []
+            for op, arg, _ in pickletools.genops(data):
+                if op.name == "GLOBAL":
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # the tensor bytes after the pickles, or not a pickle at all
+        pass
+    return list(dict.fromkeys(found))
 
 
 def _corrupted(path: Path, exc: BaseException) -> CheckpointError:
