@@ -20,8 +20,8 @@ from helpers import FAST, REPO, cli, compose_cfg, read_metrics
 
 from lazygen import cli as lazygen_cli
 from lazygen.errors import CheckpointError, ConfigError
-from lazygen.rundir import LOCK_FILE
 from lazygen.run import run_job
+from lazygen.rundir import LOCK_FILE
 from lazygen.weights.checkpoint import read_state_dict
 
 N = 4
@@ -158,7 +158,9 @@ def test_a_failing_multirun_job_does_not_drop_the_others(tmp_path):
     proc = cli("-m", *ARGS, "model.init=pretrained,random", f"model.weights.path={tmp_path / 'none.pth'}",
                f"hydra.sweep.dir={tmp_path}")  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "job 0" in proc.stderr and "none.pth" in proc.stderr and f"hydra.sweep.dir={tmp_path}" in proc.stderr
+    assert (
+        "job 0" in proc.stderr and "none.pth" in proc.stderr and f"hydra.sweep.dir={tmp_path}" in proc.stderr
+    )
     assert read_metrics(tmp_path / "1")["meta/num_images"] == N
 
 
@@ -169,7 +171,9 @@ class _Payload:
 
 def test_an_unsafe_legacy_pickle_is_refused_by_name_not_called_corrupted(tmp_path):
     path = tmp_path / "legacy.pth"
-    torch.save({"model": {"w": torch.zeros(2)}, "extra": _Payload()}, path, _use_new_zipfile_serialization=False)
+    torch.save(
+        {"model": {"w": torch.zeros(2)}, "extra": _Payload()}, path, _use_new_zipfile_serialization=False
+    )
     with pytest.raises(CheckpointError) as info:
         read_state_dict(path)
     message = str(info.value)
