@@ -8,22 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from lazygen.cache.adsa import ADSAConf, ADSAPolicy
-from lazygen.cache.base import CachePolicy
-from lazygen.cache.lazymar import LazyMARConf, LazyMARPolicy
-from lazygen.config import CacheConf, LlamaGenModelConf, ModelConf, RunConf, TokenizerConf, WeightsConf
-from lazygen.errors import ConfigError
+from lazygen.cache.base import CacheConf, CachePolicy
+from lazygen.config import LlamaGenModelConf, ModelConf, RunConf, TokenizerConf, WeightsConf
 from lazygen.models.mar.mar import MAR
 from lazygen.models.pixel import PixelTokenizer
-from lazygen.samplers.ar import ARSampler, ARSamplerConf
-from lazygen.samplers.disa import DiSASampler
-from lazygen.samplers.gtr import GtRSampler
-from lazygen.samplers.halton import HaltonSampler
-from lazygen.samplers.mar import MARSampler, MARSamplerConf
+from lazygen.registry import component
 from lazygen.weights import load_strict, read_state_dict, resolve_weight
 
 
@@ -100,47 +94,21 @@ def build_tokenizer(
     )
 
 
-# sampler name -> class; the validated config is already the sampler's own config dataclass
-SAMPLER_CLASSES: dict[str, type[MARSampler]] = {
-    "mar": MARSampler,
-    "steps": MARSampler,
-    "halton": HaltonSampler,
-    "disa": DiSASampler,
-    "gtr": GtRSampler,
-    "ar": ARSampler,
-}
+def build_sampler(conf: Any) -> Any:
+    """The sampler registered under ``conf.name``, built from its validated schema."""
+    return component("sampler", conf.name).build(conf)
 
 
-def build_sampler(conf: MARSamplerConf | ARSamplerConf) -> MARSampler | ARSampler:
-    return SAMPLER_CLASSES[conf.name](conf)
+def build_policy(conf: Any) -> CachePolicy:
+    """The cache policy registered under ``conf.name``, built from its validated schema."""
+    return component("cache", conf.name).build(conf)
 
 
-def build_policy(conf: CacheConf | LazyMARConf | ADSAConf) -> CachePolicy:
-    if isinstance(conf, LazyMARConf):
-        return LazyMARPolicy(conf)
-    if isinstance(conf, ADSAConf):
-        return ADSAPolicy(conf)
-    if conf.name == "none":
-        return CachePolicy()
-    raise ConfigError(f"cache={conf.name!r} is not implemented; available: none, lazymar, adsa.")
-
-
-def baseline_sampler_conf(run: RunConf) -> MARSamplerConf | ARSamplerConf:
+def baseline_sampler_conf(run: RunConf) -> Any:
     """The model's own sampler at its default steps, with the run's guidance, temperature and RNG."""
-    s = run.sampler
-    if isinstance(s, ARSamplerConf):  # next-token decoding has one schedule: only the cache policy differs
-        return s
-    return MARSamplerConf(
-        name="mar",
-        num_iter=run.model.default_num_iter,
-        cfg=s.cfg,
-        cfg_schedule=s.cfg_schedule,
-        temperature=s.temperature,
-        diffusion_steps=None,
-        rng=s.rng,
-    )
+    return run.sampler.baseline(run.model.default_num_iter)
 
 
 def is_accelerated(run: RunConf) -> bool:
     """Whether the run differs from its baseline (another policy, sampler or step count)."""
-    return run.cache.name != "none" or run.sampler != baseline_sampler_conf(run)
+    return run.cache != CacheConf() or run.sampler != baseline_sampler_conf(run)

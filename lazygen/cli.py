@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lazygen.errors import ConfigError, ConfigWarning, LazygenError
+from lazygen.registry import load_components
 
 USER_ERROR_EXIT = 2
 _CHECKOUT_CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -203,9 +204,12 @@ def main() -> None:
     """The console entry point: Hydra's errors and every user mistake exit 2 with one paragraph."""
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises; the handlers below report
     try:
+        load_components()  # before composing: plugin components (LAZYGEN_PLUGINS) become config options
         _hydra_main()
     except (HydraException, OmegaConfBaseException) as exc:
         exit_with_user_error(LazygenError(str(exc)))
+    except LazygenError as exc:
+        exit_with_user_error(exc)
     except OSError as exc:
         if exc.errno not in USER_IO_ERRNOS:
             raise

@@ -13,16 +13,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lazygen.cache.adsa import ADSAConf
-from lazygen.cache.lazymar import LazyMARConf
-from lazygen.errors import ConfigError, advise, require, require_one_of
+from lazygen.cache.base import CacheConf
+from lazygen.diffusion.gaussian import MIN_SAMPLING_STEPS, TRAIN_TIMESTEPS
+from lazygen.errors import ConfigError, require, require_one_of
 from lazygen.models.llamagen.gpt import LlamaGenArch
 from lazygen.models.mar.mar import MARArch
 from lazygen.models.vae.kl import KLArch
-from lazygen.samplers.ar import ARSamplerConf
-from lazygen.samplers.disa import ANNEALING, DiSASamplerConf
-from lazygen.samplers.gtr import BISECTIONS, FTS_SELECTIONS, ORDERS, GtRSamplerConf, partition
-from lazygen.samplers.halton import HALTON_SCHEDULES, HaltonSamplerConf
+from lazygen.registry import component, require_family
 from lazygen.samplers.mar import CFG_SCHEDULES, MARSamplerConf
 from lazygen.samplers.rng import RNG_PROTOCOLS
 
@@ -30,18 +27,12 @@ from lazygen.samplers.rng import RNG_PROTOCOLS
 OmegaConf.register_new_resolver("sum", lambda values: sum(values), replace=True)
 
 MODEL_FAMILIES = ("mar", "llamagen")
-SAMPLERS = ("mar", "steps", "halton", "disa", "gtr", "ar")
-CACHE_POLICIES = ("none", "lazymar", "adsa")
 TOKENIZERS = ("kl16", "kl", "pixel", "vq16", "levels")
-# what each family decodes with: MAR's masked samplers, LlamaGen's next-token one
-FAMILY_SAMPLERS = {"mar": ("mar", "steps", "halton", "disa", "gtr"), "llamagen": ("ar",)}
 FAMILY_TOKENIZERS = {"mar": ("kl16", "kl", "pixel"), "llamagen": ("vq16", "levels")}
 LOGGERS = ("wandb", "csv", "none")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 FLOP_MODES = ("auto", "meta", "real")
 VQ_DOWNSAMPLE = 16  # VQ-16: one token per 16x16 pixels
-MIN_DIFFUSION_STEPS = 2
-MAX_DIFFUSION_STEPS = 1000  # the training chain
 
 
 @dataclass
@@ -120,32 +111,6 @@ class LlamaGenModelConf:
 # The schema of the model group, chosen by its ``family``.
 MODEL_SCHEMAS: dict[str, type] = {"mar": ModelConf, "llamagen": LlamaGenModelConf}
 
-# The schema of each sampler's config group, chosen by its ``name``.
-# Each sampler's own config dataclass is the schema (``name`` included).
-SAMPLER_SCHEMAS: dict[str, type[MARSamplerConf]] = {
-    "mar": MARSamplerConf,
-    "steps": MARSamplerConf,  # MAR with fewer steps: the baseline of every acceleration table
-    "halton": HaltonSamplerConf,
-    "disa": DiSASamplerConf,
-    "gtr": GtRSamplerConf,
-    "ar": ARSamplerConf,
-}
-
-
-@dataclass
-class CacheConf:
-    """``cache=none``: no reuse. Other policies have their own schema (``CACHE_SCHEMAS``)."""
-
-    name: str = "none"
-
-    @property
-    def tag(self) -> str:
-        return self.name
-
-
-# The schema of each cache policy's config group, chosen by its ``name``.
-CACHE_SCHEMAS: dict[str, type] = {"none": CacheConf, "lazymar": LazyMARConf, "adsa": ADSAConf}
-
 
 @dataclass
 class HardwareConf:
@@ -216,8 +181,8 @@ class RunConf:
     """The validated, typed view of one run's configuration."""
 
     model: ModelConf | LlamaGenModelConf
-    sampler: MARSamplerConf | HaltonSamplerConf | DiSASamplerConf | GtRSamplerConf | ARSamplerConf
-    cache: CacheConf | LazyMARConf | ADSAConf
+    sampler: Any  # the registered schema of the chosen sampler (lazygen.registry)
+    cache: Any  # ... and of the chosen cache policy
     hardware: HardwareConf
     data: DataConf
     metrics: MetricsConf
@@ -263,19 +228,17 @@ def typed_group(group: str, schema: type, node: Any) -> Any:
 
 
 def _schema(group: str, default: type, node: Any) -> type:
-    """The dataclass of a group; the sampler's and the cache's depend on their name, the model's on its family."""
-    choice = {
-        "sampler": (SAMPLER_SCHEMAS, "name"),
-        "cache": (CACHE_SCHEMAS, "name"),
-        "model": (MODEL_SCHEMAS, "family"),
-    }
-    if group not in choice:
+    """The dataclass of a group; the sampler's and the cache's are registered with their component
+    (by ``name``), the model's depends on its ``family``."""
+    key = "family" if group == "model" else "name"
+    if group not in ("model", "sampler", "cache"):
         return default
-    schemas, key = choice[group]
     fallback = getattr(default(), key)
     name = node.get(key, fallback) if isinstance(node, DictConfig | dict) else fallback
-    require_one_of(f"{group}.{key}", name, tuple(schemas))
-    return schemas[name]
+    if group == "model":
+        require_one_of("model.family", name, tuple(MODEL_SCHEMAS))
+        return MODEL_SCHEMAS[name]
+    return component(group, name).schema
 
 
 def validate(cfg: DictConfig) -> RunConf:
@@ -298,44 +261,13 @@ def validate(cfg: DictConfig) -> RunConf:
     return run
 
 
-def _validate_gtr(s: GtRSamplerConf, side: int) -> None:
-    require_one_of("sampler.bisection", s.bisection, BISECTIONS)
-    require_one_of("sampler.order", s.order, ORDERS)
-    require(s.order != "subsample" or side % 2 == 0,
-            f"sampler.order=subsample needs an even grid side (got {side}); use raster, random or gtr.")  # fmt: skip
-    require(s.stages >= 2 and 2**(s.stages - 1) <= side * side,
-           f"sampler.stages={s.stages} must be at least 2 (generation, then reconstruction) and leave every "
-           "stage a cell of the grid.")  # fmt: skip
-    sizes = [len(cells) for cells in partition(side, s.stages, s.bisection)]
-    require(len(s.stage_steps) == s.stages and all(1 <= n <= size for n, size in zip(s.stage_steps, sizes, strict=False)),
-           f"sampler.stage_steps={s.stage_steps} needs one step count per stage ({s.stages}), each between 1 and "
-           f"the stage's size {sizes}.")  # fmt: skip
-    require(sum(s.stage_steps) == s.num_iter,
-           f"sampler.num_iter={s.num_iter} must equal the sum of sampler.stage_steps={s.stage_steps} "
-           f"({sum(s.stage_steps)}); set sampler.num_iter={sum(s.stage_steps)}.")  # fmt: skip
-    require_one_of("sampler.fts_select", s.fts_select, FTS_SELECTIONS)
-    require(
-        0.0 <= s.fts_fraction <= 1.0, f"sampler.fts_fraction={s.fts_fraction} must be in [0, 1] (GtR: 0.1)."
-    )
-    for key in ("t_max", "t_min", "t_rec", "t_detail"):
-        value = getattr(s, key)
-        require(MIN_DIFFUSION_STEPS <= value <= MAX_DIFFUSION_STEPS,
-               f"sampler.{key}={value} must be between {MIN_DIFFUSION_STEPS} and {MAX_DIFFUSION_STEPS}.")  # fmt: skip
-    require(s.diffusion_steps is None,
-           f"sampler.diffusion_steps={s.diffusion_steps} does not apply to sampler=gtr, whose diffusion steps "
-           "are stage-aware (sampler.t_max, t_min, t_rec); leave it null.")  # fmt: skip
-
-
 def _validate_values(run: RunConf) -> None:
     m, s, d = run.model, run.sampler, run.data
     require_one_of("model.family", m.family, MODEL_FAMILIES)
     require_one_of("model.init", m.init, ("pretrained", "random"))
     require_one_of("model.tokenizer.kind", m.tokenizer.kind, FAMILY_TOKENIZERS[m.family])
-    require_one_of("sampler.name", s.name, SAMPLERS)
-    require(s.name in FAMILY_SAMPLERS[m.family],
-            f"sampler={s.name} cannot decode model={m.name} (a {m.family} model); use "
-            f"sampler={' or sampler='.join(FAMILY_SAMPLERS[m.family])}.")  # fmt: skip
-    require_one_of("cache.name", run.cache.name, CACHE_POLICIES)
+    for kind in ("sampler", "cache"):
+        require_family(kind, getattr(run, kind).name, m.family, m.name)
     require_one_of("sampler.rng", s.rng, RNG_PROTOCOLS)
     require_one_of("logger.kind", run.logger.kind, LOGGERS)
     require_one_of("logger.mode", run.logger.mode, WANDB_MODES)
@@ -362,24 +294,14 @@ def _validate_values(run: RunConf) -> None:
         _validate_llamagen(run)
     else:
         _validate_mar(run)
+    for kind in ("sampler", "cache"):  # each component's own checks, against the whole run
+        check = component(kind, getattr(run, kind).name).check
+        if check is not None:
+            check(getattr(run, kind), run)
 
 
 def _validate_llamagen(run: RunConf) -> None:
-    m, s = run.model, run.sampler
-    require(s.num_iter == m.arch.block_size,
-           f"sampler.num_iter={s.num_iter}: next-token decoding takes one step per image token "
-           f"({m.arch.block_size}); leave it at ${{model.default_num_iter}} (set to {m.arch.block_size}).")  # fmt: skip
-    require(s.top_k >= 0, f"sampler.top_k={s.top_k} must be 0 (off) or a positive number of tokens.")
-    if s.top_k >= m.arch.vocab_size:
-        advise(f"sampler.top_k={s.top_k} keeps every one of the {m.arch.vocab_size} tokens of model={m.name}'s "
-               f"vocabulary, so it filters nothing (the same as sampler.top_k=0). Set it below "
-               f"{m.arch.vocab_size} to restrict sampling.")  # fmt: skip
-    require(
-        0 < s.top_p <= 1, f"sampler.top_p={s.top_p} must be in (0, 1]; 1.0 switches nucleus sampling off."
-    )
-    require(
-        s.cfg_interval >= -1, f"sampler.cfg_interval={s.cfg_interval} must be -1 (always guide) or a step."
-    )
+    m = run.model
     if m.tokenizer.kind == "vq16":
         require(m.image_size == VQ_DOWNSAMPLE * m.arch.grid_size,
                f"model.image_size={m.image_size} does not match model.arch.block_size={m.arch.block_size} "
@@ -388,42 +310,14 @@ def _validate_llamagen(run: RunConf) -> None:
         require(m.arch.vocab_size == m.tokenizer.levels,
                f"model.arch.vocab_size={m.arch.vocab_size} must equal model.tokenizer.levels="
                f"{m.tokenizer.levels}: every token id is one intensity level.")  # fmt: skip
-    if run.cache.name == "lazymar":
-        raise ConfigError(f"cache=lazymar caches MAR's masked decoding and cannot run model={m.name}; use "
-                          "cache=none or cache=adsa for LlamaGen models.")  # fmt: skip
-    if isinstance(run.cache, ADSAConf):
-        run.cache.check(m.arch.block_size, m.arch.grid_size, f"model={m.name}")
 
 
 def _validate_mar(run: RunConf) -> None:
+    """Checks of the model and of the settings every MAR sampler shares."""
     m, s = run.model, run.sampler
-    if isinstance(run.cache, ADSAConf):
-        raise ConfigError(
-            f"cache=adsa prunes a causal model's KV cache and cannot run model={m.name} (MAR); "
-            "use cache=none or cache=lazymar for MAR models, or a llamagen_* model."
-        )
-    if isinstance(run.cache, LazyMARConf):
-        run.cache.check(cfg_on=s.cfg != 1.0, decoder_depth=m.arch.decoder_depth, model_family=m.family)
-        if s.num_iter <= run.cache.refresh_start:
-            advise(f"cache.refresh_start={run.cache.refresh_start} covers all sampler.num_iter={s.num_iter} steps, "
-                   "so every step runs the transformer in full and LazyMAR reuses only the diffusion head's "
-                   f"work. Set cache.refresh_start below {s.num_iter} to cache the transformer too.")  # fmt: skip
+    require(isinstance(s, MARSamplerConf),
+            f"sampler={s.name} has no MAR sampler settings (its schema must extend MARSamplerConf).")  # fmt: skip
     require_one_of("sampler.cfg_schedule", s.cfg_schedule, CFG_SCHEDULES)
-    if isinstance(s, HaltonSamplerConf):
-        require_one_of("sampler.schedule", s.schedule, HALTON_SCHEDULES)
-    if isinstance(s, GtRSamplerConf):
-        _validate_gtr(s, m.arch.seq_h)
-    if isinstance(s, DiSASamplerConf):
-        require_one_of("sampler.annealing", s.annealing, ANNEALING)
-        require(s.diffusion_steps is None,
-               f"sampler.diffusion_steps={s.diffusion_steps} does not apply to sampler=disa, which picks the "
-               "diffusion steps of each AR step between sampler.upper and sampler.lower; leave it null.")  # fmt: skip
-        require(MIN_DIFFUSION_STEPS <= s.lower <= s.upper <= MAX_DIFFUSION_STEPS,
-               f"sampler.lower={s.lower} and sampler.upper={s.upper} must satisfy {MIN_DIFFUSION_STEPS} <= lower "
-               f"<= upper <= {MAX_DIFFUSION_STEPS} (DiSA's default: 5 and 50).")  # fmt: skip
-        require(s.max_timestep is None or 0 < s.max_timestep < MAX_DIFFUSION_STEPS,
-               f"sampler.max_timestep={s.max_timestep} must be a training timestep below "
-               f"{MAX_DIFFUSION_STEPS} (DiSA: 950), or null for no clipping.")  # fmt: skip
     a = m.arch
     require(a.img_size % (a.vae_stride * a.patch_size) == 0,
            f"model.arch.img_size={a.img_size} must be a multiple of vae_stride * patch_size "
@@ -433,17 +327,13 @@ def _validate_mar(run: RunConf) -> None:
         require(dim % heads == 0,
                f"model.arch.{side}_embed_dim={dim} is not divisible by {side}_num_heads={heads}; "
                "pick a head count that divides the width.")  # fmt: skip
-    if s.name == "steps" and s.num_iter >= m.default_num_iter:
-        advise(f"sampler=steps with sampler.num_iter={s.num_iter} takes no fewer steps than model={m.name}'s "
-               f"default ({m.default_num_iter}), so it accelerates nothing. Set sampler.num_iter below "
-               f"{m.default_num_iter} (the tables use 32, 16 and 8).")  # fmt: skip
     require(
         1 <= s.num_iter <= a.seq_len,
         f"sampler.num_iter={s.num_iter} is out of range: a {a.seq_len}-token image takes between 1 and "
         f"{a.seq_len} steps. Set sampler.num_iter to a value in that range (64 is the usual choice).",
     )
-    require(s.diffusion_steps is None or MIN_DIFFUSION_STEPS <= s.diffusion_steps <= MAX_DIFFUSION_STEPS,
-           f"sampler.diffusion_steps={s.diffusion_steps} must be between {MIN_DIFFUSION_STEPS} and 1000 (the "
+    require(s.diffusion_steps is None or MIN_SAMPLING_STEPS <= s.diffusion_steps <= TRAIN_TIMESTEPS,
+           f"sampler.diffusion_steps={s.diffusion_steps} must be between {MIN_SAMPLING_STEPS} and 1000 (the "
            "learned variance needs two steps), or null for the model's default.")  # fmt: skip
     require(not m.clip_denoised or m.tokenizer.kind == "pixel" or m.tokenizer.latent_bound is not None,
            f"model.clip_denoised=true needs bounded tokens, but these {m.tokenizer.kind} latents have no "

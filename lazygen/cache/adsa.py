@@ -30,6 +30,7 @@ import torch
 
 from lazygen.cache.base import CachePolicy, StepContext
 from lazygen.errors import advise, require, require_one_of
+from lazygen.registry import register
 
 MODES = ("dynamic", "sparse")
 SELECTIONS = ("diverse", "oldest")  # diverse = ADSA's TopK-V; oldest = prefix + sliding window (ablation)
@@ -230,11 +231,16 @@ class SparseKV:
         return keys.gather(2, index), values.gather(2, index), None
 
 
+def check_adsa(conf: ADSAConf, run) -> None:
+    m = run.model
+    conf.check(m.arch.block_size, m.arch.grid_size, f"model={m.name}")
+
+
+@register("cache", "adsa", schema=ADSAConf, families=("llamagen",), check=check_adsa)
 class ADSAPolicy(CachePolicy):
     """Supplies ADSA's KV caches to the AR sampler; the model attends to whatever they return."""
 
     name = "adsa"
-    model_families = ("llamagen",)
 
     def __init__(self, conf: ADSAConf) -> None:
         super().__init__()

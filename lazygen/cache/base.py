@@ -15,6 +15,7 @@ import torch
 
 from lazygen.diffusion import SpacedDiffusion
 from lazygen.diffusion.gaussian import NoiseFn
+from lazygen.registry import register
 
 
 @dataclass
@@ -91,18 +92,29 @@ class CacheStats:
         return asdict(self)
 
 
+@dataclass
+class CacheConf:
+    """``cache=none``: no reuse. Other policies have their own schema, registered with their class."""
+
+    name: str = "none"
+
+    @property
+    def tag(self) -> str:
+        return self.name
+
+
+@register("cache", "none", schema=CacheConf, families=("mar", "llamagen"))
 class CachePolicy:
     """Base policy = no reuse. Subclasses override the two compute entry points and ``tag``."""
 
     name = "none"
-    model_families: tuple[str, ...] = ("mar", "llamagen")
     # True when the work done never depends on tensor values, so FLOPs can be counted on the meta device
     static_shapes = True
     # policy methods whose FLOPs scale with the rows of their first tensor argument and depend on shapes
     # alone: FLOP counting on the meta device runs each once per shape and replays it (see shape_memo)
     row_linear_methods: tuple[str, ...] = ()
 
-    def __init__(self) -> None:
+    def __init__(self, conf: CacheConf | None = None) -> None:
         self.stats = CacheStats()
 
     @property

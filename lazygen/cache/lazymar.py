@@ -38,8 +38,9 @@ import torch.nn.functional as F
 from lazygen.cache.base import CachePolicy, StepContext
 from lazygen.diffusion import SpacedDiffusion
 from lazygen.diffusion.gaussian import NoiseFn
-from lazygen.errors import require, require_one_of
+from lazygen.errors import advise, require, require_one_of
 from lazygen.models.mar.transformer import KVHook
+from lazygen.registry import register
 
 # The official per-step retain ratios of the decoder token cache (LazyMAR models/basic.py), for 64 steps.
 OFFICIAL_RETAIN_SCHEDULE: list[float] = (
@@ -80,11 +81,8 @@ class LazyMARConf:
     head_mlp_reuse: bool = True
     seed: int = 0  # ranking noise of strategy=random
 
-    def check(self, cfg_on: bool, decoder_depth: int, model_family: str) -> None:
+    def check(self, cfg_on: bool, decoder_depth: int) -> None:
         """Range and compatibility checks; raises ConfigError naming the key and the fix."""
-
-        require(model_family == "mar", f"cache=lazymar works with MAR models only, not model.family={model_family!r}; "
-             "pick a MAR model (tiny_mar, mar_b, mar_l, mar_h) or cache=none.")  # fmt: skip
         require(
             self.refresh_start >= 0, f"cache.refresh_start={self.refresh_start} must be >= 0 (official: 5)."
         )
@@ -202,9 +200,18 @@ class _Chain:
         self.branch: dict[int, torch.Tensor] = {}
 
 
+def check_lazymar(conf: LazyMARConf, run) -> None:
+    s, m = run.sampler, run.model
+    conf.check(cfg_on=s.cfg != 1.0, decoder_depth=m.arch.decoder_depth)
+    if s.num_iter <= conf.refresh_start:
+        advise(f"cache.refresh_start={conf.refresh_start} covers all sampler.num_iter={s.num_iter} steps, so "
+               "every step runs the transformer in full and LazyMAR reuses only the diffusion head's work. "
+               f"Set cache.refresh_start below {s.num_iter} to cache the transformer too.")  # fmt: skip
+
+
+@register("cache", "lazymar", schema=LazyMARConf, families=("mar",), check=check_lazymar)
 class LazyMARPolicy(CachePolicy):
     name = "lazymar"
-    model_families = ("mar",)
     row_linear_methods = ("diffusion_head",)
 
     def __init__(self, conf: LazyMARConf) -> None:

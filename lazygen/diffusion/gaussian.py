@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 TRAIN_TIMESTEPS = 1000
+MIN_SAMPLING_STEPS = 2  # a respaced chain with learned variance needs two steps
 COSINE_OFFSET = 0.008  # the "s" of the improved-DDPM cosine schedule
 MAX_BETA = 0.999
 

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from lazygen.cache.base import CachePolicy, StepContext
+from lazygen.errors import advise, require
+from lazygen.registry import register
 
 TEMPERATURE_FLOOR = 1e-5  # official: logits / max(temperature, 1e-5)
 
@@ -37,6 +39,28 @@ class ARSamplerConf:
     top_k: int = 0  # 0 = no top-k
     top_p: float = 1.0  # 1 = no nucleus filtering
     rng: str = "per_sample"
+
+    def baseline(self, num_iter: int) -> ARSamplerConf:
+        """Next-token decoding has one schedule: its baseline is itself (only the cache policy differs)."""
+        return self
+
+
+def check_ar(s: ARSamplerConf, run) -> None:
+    m = run.model
+    require(s.num_iter == m.arch.block_size,
+           f"sampler.num_iter={s.num_iter}: next-token decoding takes one step per image token "
+           f"({m.arch.block_size}); leave it at ${{model.default_num_iter}} (set to {m.arch.block_size}).")  # fmt: skip
+    require(s.top_k >= 0, f"sampler.top_k={s.top_k} must be 0 (off) or a positive number of tokens.")
+    if s.top_k >= m.arch.vocab_size:
+        advise(f"sampler.top_k={s.top_k} keeps every one of the {m.arch.vocab_size} tokens of model={m.name}'s "
+               f"vocabulary, so it filters nothing (the same as sampler.top_k=0). Set it below "
+               f"{m.arch.vocab_size} to restrict sampling.")  # fmt: skip
+    require(
+        0 < s.top_p <= 1, f"sampler.top_p={s.top_p} must be in (0, 1]; 1.0 switches nucleus sampling off."
+    )
+    require(
+        s.cfg_interval >= -1, f"sampler.cfg_interval={s.cfg_interval} must be -1 (always guide) or a step."
+    )
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -79,9 +103,9 @@ class PerSampleDraws(TokenDraws):
         return torch.searchsorted(cdf, target, right=True).clamp_(max=probs.shape[-1] - 1)
 
 
+@register("sampler", "ar", schema=ARSamplerConf, families=("llamagen",), check=check_ar)
 class ARSampler:
     name = "ar"
-    model_families: tuple[str, ...] = ("llamagen",)
 
     def __init__(self, conf: ARSamplerConf) -> None:
         self.conf = conf

@@ -13,6 +13,9 @@ import math
 from dataclasses import dataclass
 
 from lazygen.diffusion import SpacedDiffusion
+from lazygen.diffusion.gaussian import MIN_SAMPLING_STEPS, TRAIN_TIMESTEPS
+from lazygen.errors import require, require_one_of
+from lazygen.registry import register
 from lazygen.samplers.mar import MARSampler, MARSamplerConf
 
 ANNEALING = ("linear", "cosine", "two_stage", "constant")
@@ -42,6 +45,20 @@ class DiSASamplerConf(MARSamplerConf):
     max_timestep: int | None = 950  # DiSA's clipping of respaced timesteps; null = none
 
 
+def check_disa(s: DiSASamplerConf, run) -> None:
+    require_one_of("sampler.annealing", s.annealing, ANNEALING)
+    require(s.diffusion_steps is None,
+           f"sampler.diffusion_steps={s.diffusion_steps} does not apply to sampler=disa, which picks the "
+           "diffusion steps of each AR step between sampler.upper and sampler.lower; leave it null.")  # fmt: skip
+    require(MIN_SAMPLING_STEPS <= s.lower <= s.upper <= TRAIN_TIMESTEPS,
+           f"sampler.lower={s.lower} and sampler.upper={s.upper} must satisfy {MIN_SAMPLING_STEPS} <= lower "
+           f"<= upper <= {TRAIN_TIMESTEPS} (DiSA's default: 5 and 50).")  # fmt: skip
+    require(s.max_timestep is None or 0 < s.max_timestep < TRAIN_TIMESTEPS,
+           f"sampler.max_timestep={s.max_timestep} must be a training timestep below "
+           f"{TRAIN_TIMESTEPS} (DiSA: 950), or null for no clipping.")  # fmt: skip
+
+
+@register("sampler", "disa", schema=DiSASamplerConf, families=("mar",), check=check_disa)
 class DiSASampler(MARSampler):
     name = "disa"
 

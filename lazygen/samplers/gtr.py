@@ -20,6 +20,9 @@ import torch
 
 from lazygen.cache.base import CachePolicy, StepContext
 from lazygen.diffusion import SpacedDiffusion
+from lazygen.diffusion.gaussian import MIN_SAMPLING_STEPS, TRAIN_TIMESTEPS
+from lazygen.errors import require, require_one_of
+from lazygen.registry import register
 from lazygen.samplers.mar import MARSampler, MARSamplerConf
 from lazygen.samplers.rng import RandomSource
 
@@ -85,6 +88,36 @@ class GtRSamplerConf(MARSamplerConf):
     t_detail: int = 50
 
 
+def check_gtr(s: GtRSamplerConf, run) -> None:
+    side = run.model.arch.seq_h
+    require_one_of("sampler.bisection", s.bisection, BISECTIONS)
+    require_one_of("sampler.order", s.order, ORDERS)
+    require(s.order != "subsample" or side % 2 == 0,
+            f"sampler.order=subsample needs an even grid side (got {side}); use raster, random or gtr.")  # fmt: skip
+    require(s.stages >= 2 and 2**(s.stages - 1) <= side * side,
+           f"sampler.stages={s.stages} must be at least 2 (generation, then reconstruction) and leave every "
+           "stage a cell of the grid.")  # fmt: skip
+    sizes = [len(cells) for cells in partition(side, s.stages, s.bisection)]
+    require(len(s.stage_steps) == s.stages and all(1 <= n <= size for n, size in zip(s.stage_steps, sizes, strict=False)),
+           f"sampler.stage_steps={s.stage_steps} needs one step count per stage ({s.stages}), each between 1 and "
+           f"the stage's size {sizes}.")  # fmt: skip
+    require(sum(s.stage_steps) == s.num_iter,
+           f"sampler.num_iter={s.num_iter} must equal the sum of sampler.stage_steps={s.stage_steps} "
+           f"({sum(s.stage_steps)}); set sampler.num_iter={sum(s.stage_steps)}.")  # fmt: skip
+    require_one_of("sampler.fts_select", s.fts_select, FTS_SELECTIONS)
+    require(
+        0.0 <= s.fts_fraction <= 1.0, f"sampler.fts_fraction={s.fts_fraction} must be in [0, 1] (GtR: 0.1)."
+    )
+    for key in ("t_max", "t_min", "t_rec", "t_detail"):
+        value = getattr(s, key)
+        require(MIN_SAMPLING_STEPS <= value <= TRAIN_TIMESTEPS,
+               f"sampler.{key}={value} must be between {MIN_SAMPLING_STEPS} and {TRAIN_TIMESTEPS}.")  # fmt: skip
+    require(s.diffusion_steps is None,
+           f"sampler.diffusion_steps={s.diffusion_steps} does not apply to sampler=gtr, whose diffusion steps "
+           "are stage-aware (sampler.t_max, t_min, t_rec); leave it null.")  # fmt: skip
+
+
+@register("sampler", "gtr", schema=GtRSamplerConf, families=("mar",), check=check_gtr)
 class GtRSampler(MARSampler):
     name = "gtr"
 

@@ -16,6 +16,8 @@ from functools import cache
 
 import torch
 
+from lazygen.errors import require_one_of
+from lazygen.registry import register
 from lazygen.samplers.mar import MARSampler, MARSamplerConf, mask_schedule
 from lazygen.samplers.rng import RandomSource
 
@@ -63,6 +65,11 @@ class HaltonSamplerConf(MARSamplerConf):
     schedule: str = "cosine"  # cosine (MAR's counts) | arccos (Halton-MaskGIT's)
 
 
+def check_halton(conf: HaltonSamplerConf, run) -> None:
+    require_one_of("sampler.schedule", conf.schedule, HALTON_SCHEDULES)
+
+
+@register("sampler", "halton", schema=HaltonSamplerConf, families=("mar",), check=check_halton)
 class HaltonSampler(MARSampler):
     name = "halton"
     # lazygen.audit: this sampler changes quality, not cost

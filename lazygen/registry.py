@@ -1,0 +1,123 @@
+"""One registration per component, next to its class: its option name, config schema and model families.
+
+Samplers and cache policies register themselves with :func:`register`; validation, building, error
+messages and the option lists read the registry, so adding a component touches only its own module and
+its YAML. A component from outside lazygen registers the same way: name its module in the environment
+variable ``LAZYGEN_PLUGINS`` (comma-separated) and it is imported before the configuration is composed,
+so ``cache=<its name>`` works on the command line (its schema, stored in Hydra's ConfigStore, stands in for
+a YAML).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lazygen.errors import ConfigError
+
+KINDS = ("sampler", "cache")
+BUILTIN_MODULES = (
+    "lazygen.samplers.mar",
+    "lazygen.samplers.halton",
+    "lazygen.samplers.disa",
+    "lazygen.samplers.gtr",
+    "lazygen.samplers.ar",
+    "lazygen.cache.base",
+    "lazygen.cache.lazymar",
+    "lazygen.cache.adsa",
+)
+PLUGINS_ENV = "LAZYGEN_PLUGINS"
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registered sampler or cache policy.
+
+    ``check(conf, run)`` validates the component's settings against the whole run (the model's size, the
+    sampler's steps) and raises :class:`~lazygen.errors.ConfigError`; it runs after the family check.
+    """
+
+    kind: str
+    name: str
+    cls: type
+    schema: type
+    families: tuple[str, ...]
+    check: Callable[[Any, Any], None] | None = None
+
+    def build(self, conf: Any) -> Any:
+        return self.cls(conf)
+
+
+_COMPONENTS: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
+
+
+def register(
+    kind: str,
+    name: str,
+    *,
+    schema: type,
+    families: tuple[str, ...],
+    check: Callable[[Any, Any], None] | None = None,
+) -> Callable[[type], type]:
+    """Class decorator: ``@register("cache", "lazymar", schema=LazyMARConf, families=("mar",))``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not one of {KINDS}")
+
+    def add(cls: type) -> type:
+        _COMPONENTS[kind][name] = Component(kind, name, cls, schema, tuple(families), check)
+        if not cls.__module__.startswith("lazygen."):  # lazygen's own options have their YAML in conf/
+            _store_schema(kind, name, schema)
+        return cls
+
+    return add
+
+
+def _store_schema(kind: str, name: str, schema: type) -> None:
+    """The schema's defaults as the config option ``<kind>/<name>``, for a component without a YAML."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group=kind, name=name, node=schema(name=name), provider="lazygen")
+
+
+def load_components() -> None:
+    """Import the built-in components and the user's ``LAZYGEN_PLUGINS`` modules (they register on import)."""
+    plugins = [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]
+    for module in (*BUILTIN_MODULES, *plugins):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            if module in BUILTIN_MODULES:
+                raise
+            raise ConfigError(
+                f"{PLUGINS_ENV} names the module {module!r}, which could not be imported ({exc}). Check the "
+                "spelling and that it is on PYTHONPATH, or remove it from the variable."
+            ) from None
+
+
+def components(kind: str, family: str | None = None) -> dict[str, Component]:
+    """The registered components of a kind (those that run on ``family`` when given), by name."""
+    load_components()
+    return {n: c for n, c in _COMPONENTS[kind].items() if family is None or family in c.families}
+
+
+def component(kind: str, name: str) -> Component:
+    """The component ``<kind>=<name>``, or a ConfigError listing the options."""
+    found = components(kind)
+    if name not in found:
+        raise ConfigError(f"{kind}.name={name!r} is not supported; choose one of: {', '.join(found)}.")
+    return found[name]
+
+
+def require_family(kind: str, name: str, family: str, model_name: str) -> None:
+    """A component that cannot run on this model family is a ConfigError naming the ones that can."""
+    entry = component(kind, name)
+    if family not in entry.families:
+        usable = " or ".join(f"{kind}={n}" for n in components(kind, family))
+        verb = "decode" if kind == "sampler" else "run"
+        raise ConfigError(
+            f"{kind}={name} cannot {verb} model={model_name} (a {family} model; it works with "
+            f"{', '.join(entry.families)} models); use {usable}."
+        )
