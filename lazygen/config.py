@@ -23,7 +23,7 @@ from lazygen.registry import component, require_family
 from lazygen.samplers.mar import CFG_SCHEDULES, MARSamplerConf
 from lazygen.samplers.rng import RNG_PROTOCOLS
 
-# ``${sum:${.stage_steps}}``: GtR's step count follows its per-stage counts, so sweeps vary only those.
+# ``${sum:${.list}}``: a value that is the sum of a list (a step count from per-stage counts), so sweeps vary only the list.
 OmegaConf.register_new_resolver("sum", lambda values: sum(values), replace=True)
 
 MODEL_FAMILIES = ("mar", "llamagen")
