@@ -8,7 +8,6 @@ directory, so a resumed run reports on all of its samples, and DDP workers need 
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -32,18 +31,26 @@ from lazygen.build import (
 )
 from lazygen.cache.base import CachePolicy, CacheStats
 from lazygen.callbacks.progress import ImagesPerSecondBar
-from lazygen.callbacks.writer import SampleWriter, finished_indices, read_batch_records, sample_png
+from lazygen.callbacks.writer import SampleWriter, finished_indices, read_batch_records
 from lazygen.config import CacheConf, RunConf, validate
 from lazygen.data.specs import SampleSpec, SpecDataset, build_specs
-from lazygen.errors import ConfigError, LazygenError
+from lazygen.errors import ConfigError
 from lazygen.lit.generation import GenerationModule, Generator
 from lazygen.metrics.perf import latency_metrics, measure_flops
+from lazygen.outputs import (
+    GRID_MAX_CLASS_ROWS,
+    grid_indices,
+    image_chunks,
+    image_grid,
+    missing_samples,
+    read_sample,
+    write_samples_npz,
+)
 from lazygen.rundir import RunLock, check_settings, intact_indices, is_worker_process, sample_settings
 
 METRICS_FILE = "metrics.json"
 NPZ_FILE = "samples.npz"
 GRID_FILE = "grid.png"
-GRID_MIN_CELL_PX = 64  # small images are upscaled in the grid so a person can see them
 PSNR_CAP_DB = 100.0  # identical images are reported as 100 dB so averages stay finite
 
 
@@ -89,46 +96,6 @@ def generate_samples(
     loader = DataLoader(SpecDataset(todo), batch_size=run.data.batch_size, shuffle=False, num_workers=0)
     trainer.predict(GenerationModule(generator), dataloaders=loader, return_predictions=False)
     return trainer.global_rank, trainer.world_size
-
-
-def load_images(run_dir: Path, specs: list[SampleSpec]) -> np.ndarray:
-    """All samples of the run, (N, H, W, 3) uint8 in index order."""
-    missing = [s.index for s in specs if not sample_png(run_dir, s.index).exists()]
-    if missing:
-        raise LazygenError(
-            f"{len(missing)} samples are missing from {run_dir} (first: {missing[:5]}); run the same command "
-            "again with hydra.run.dir pointing at this directory to generate them."
-        )
-    return np.stack([np.asarray(Image.open(sample_png(run_dir, s.index)).convert("RGB")) for s in specs])
-
-
-GRID_MAX_CLASS_ROWS = 20  # with at most this many classes the grid has one row per class
-
-
-def image_grid(images: np.ndarray, max_images: int, labels: list[int] | None = None) -> np.ndarray:
-    """At most ``max_images`` images in a grid, upscaled (nearest) when they are small.
-
-    With few classes every row holds the first images of one class (ascending), so a person can check
-    the conditioning; otherwise the grid is near-square in sample order.
-    """
-    h, w = images.shape[1:3]
-    classes = sorted(set(labels)) if labels is not None else []
-    if 0 < len(classes) <= GRID_MAX_CLASS_ROWS:
-        per_class = max(1, max_images // len(classes))
-        members = [[i for i, label in enumerate(labels) if label == c][:per_class] for c in classes]
-        cells = [(r, c, i) for r, row in enumerate(members) for c, i in enumerate(row)]
-        rows, cols = len(members), max(len(row) for row in members)
-    else:
-        images = images[:max_images]
-        n = len(images)
-        cols = math.ceil(math.sqrt(n))
-        rows = math.ceil(n / cols)
-        cells = [(*divmod(i, cols), i) for i in range(n)]
-    grid = np.zeros((rows * h, cols * w, 3), dtype=np.uint8)
-    for r, c, i in cells:
-        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = images[i]
-    scale = max(1, math.ceil(GRID_MIN_CELL_PX / min(h, w)))
-    return grid.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
 def _device_of(generator: Generator) -> torch.device:
@@ -219,8 +186,9 @@ def make_extractor(name: str, home: Path | None) -> torch.nn.Module:
     return get_method(name)()
 
 
-def quality_metrics(run: RunConf, images: np.ndarray, labels: list[int], home: Path | None) -> dict:
-    """FID/IS of the images; class accuracy when the extractor classifies the generator's classes."""
+def quality_metrics(run: RunConf, run_dir: Path, specs: list[SampleSpec], home: Path | None) -> dict:
+    """FID/IS of the run's samples, read back a batch at a time; class accuracy when the extractor
+    classifies the generator's classes."""
     from lazygen.metrics.quality import QualityMeter
     from lazygen.weights import REGISTRY, resolve_weight
 
@@ -233,9 +201,10 @@ def quality_metrics(run: RunConf, images: np.ndarray, labels: list[int], home: P
                          bootstrap_seed=run.seed)  # fmt: skip
     judge_classes = getattr(extractor, "num_classes", None) == run.model.num_classes
     batch = max(1, run.data.batch_size)
-    for i in range(0, len(images), batch):
-        chunk = torch.from_numpy(images[i : i + batch]).permute(0, 3, 1, 2).contiguous()
-        meter.update(chunk, torch.tensor(labels[i : i + batch]) if judge_classes else None)
+    for start, images in zip(range(0, len(specs), batch), image_chunks(run_dir, specs, batch), strict=True):
+        chunk = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        labels = torch.tensor([s.label for s in specs[start : start + batch]])
+        meter.update(chunk, labels if judge_classes else None)
     return {k: float(v) for k, v in meter.compute().items()}
 
 
@@ -320,7 +289,8 @@ def _run_job(run: RunConf, cfg: DictConfig, run_dir: Path, group: str | None) ->
             return {}
         records = read_batch_records(run_dir)
 
-    images = load_images(run_dir, specs)
+    missing_samples(run_dir, specs)
+    labels = [s.label for s in specs]
     metrics: dict[str, float] = {
         "meta/num_images": float(len(specs)),
         "meta/world_size": float(world_size),
@@ -328,8 +298,10 @@ def _run_job(run: RunConf, cfg: DictConfig, run_dir: Path, group: str | None) ->
         "meta/resumed_images": float(len(done)),
     }
     if run.callbacks.save_npz:
-        np.savez(run_dir / NPZ_FILE, arr_0=images, labels=np.array([s.label for s in specs]))
-    grid = image_grid(images, run.callbacks.grid_max_images, [s.label for s in specs])
+        write_samples_npz(run_dir / NPZ_FILE, run_dir, specs)
+    shown = grid_indices(labels, run.callbacks.grid_max_images, GRID_MAX_CLASS_ROWS)
+    grid = image_grid(np.stack([read_sample(run_dir, specs[i].index) for i in shown]),
+                      run.callbacks.grid_max_images, [labels[i] for i in shown])  # fmt: skip
     Image.fromarray(grid).save(run_dir / GRID_FILE)
     if run.metrics.latency:
         metrics.update(latency_metrics(records))
@@ -345,7 +317,7 @@ def _run_job(run: RunConf, cfg: DictConfig, run_dir: Path, group: str | None) ->
         metrics.update(flops)
         (run_dir / "flops.json").write_text(json.dumps(detail, indent=2))
     if quality_settings(run)[0]:
-        metrics.update(quality_metrics(run, images, [s.label for s in specs], home))
+        metrics.update(quality_metrics(run, run_dir, specs, home))
     speedup = run.metrics.speedup.enabled
     if speedup is True or (speedup == "auto" and is_accelerated(run)):
         if run.hardware.accelerator in ("gpu", "cuda") and torch.cuda.is_available():
