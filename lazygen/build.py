@@ -17,6 +17,7 @@ from lazygen.cache.base import CacheConf, CachePolicy
 from lazygen.config import LlamaGenModelConf, ModelConf, RunConf, TokenizerConf, WeightsConf
 from lazygen.models.mar.mar import MAR
 from lazygen.models.pixel import PixelTokenizer
+from lazygen.models.synthetic import SyntheticDecoder, SyntheticModel, SyntheticModelConf
 from lazygen.registry import component
 from lazygen.weights import load_strict, read_state_dict, resolve_weight
 
@@ -47,6 +48,8 @@ def build_model(
 ) -> nn.Module:
     """The generator network, in eval mode; pretrained weights are loaded strictly."""
     device = torch.device(device)
+    if isinstance(conf, SyntheticModelConf):
+        return SyntheticModel(conf).to(device).eval()
     if isinstance(conf, LlamaGenModelConf):
         from lazygen.models.llamagen import LlamaGen, read_gpt_checkpoint
 
@@ -67,6 +70,8 @@ def build_tokenizer(
     conf: ModelConf, device: str | torch.device = "cpu", home: Path | None = None
 ) -> nn.Module:
     """The latent decoder (a KL autoencoder, VQ-16, or a network-free tokenizer), in eval mode."""
+    if isinstance(conf, SyntheticModelConf):
+        return SyntheticDecoder(conf.image_size).to(device)
     tok = conf.tokenizer
     if tok.kind == "pixel":
         return PixelTokenizer(tok.latent_scale, tok.latent_shift).to(device)

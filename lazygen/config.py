@@ -18,6 +18,7 @@ from lazygen.diffusion.gaussian import MIN_SAMPLING_STEPS, TRAIN_TIMESTEPS
 from lazygen.errors import ConfigError, require, require_one_of
 from lazygen.models.llamagen.gpt import LlamaGenArch
 from lazygen.models.mar.mar import MARArch
+from lazygen.models.synthetic import SyntheticModelConf
 from lazygen.models.vae.kl import KLArch
 from lazygen.registry import component, require_family
 from lazygen.samplers.mar import CFG_SCHEDULES, MARSamplerConf
@@ -26,9 +27,9 @@ from lazygen.samplers.rng import RNG_PROTOCOLS
 # ``${sum:${.list}}``: a value that is the sum of a list (a step count from per-stage counts), so sweeps vary only the list.
 OmegaConf.register_new_resolver("sum", lambda values: sum(values), replace=True)
 
-MODEL_FAMILIES = ("mar", "llamagen")
+MODEL_FAMILIES = ("mar", "llamagen", "synthetic")
 TOKENIZERS = ("kl16", "kl", "pixel", "vq16", "levels")
-FAMILY_TOKENIZERS = {"mar": ("kl16", "kl", "pixel"), "llamagen": ("vq16", "levels")}
+FAMILY_TOKENIZERS = {"mar": ("kl16", "kl", "pixel"), "llamagen": ("vq16", "levels"), "synthetic": ()}
 LOGGERS = ("wandb", "csv", "none")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 FLOP_MODES = ("auto", "meta", "real")
@@ -109,7 +110,11 @@ class LlamaGenModelConf:
 
 
 # The schema of the model group, chosen by its ``family``.
-MODEL_SCHEMAS: dict[str, type] = {"mar": ModelConf, "llamagen": LlamaGenModelConf}
+MODEL_SCHEMAS: dict[str, type] = {
+    "mar": ModelConf,
+    "llamagen": LlamaGenModelConf,
+    "synthetic": SyntheticModelConf,
+}
 
 
 @dataclass
@@ -265,7 +270,8 @@ def _validate_values(run: RunConf) -> None:
     m, s, d = run.model, run.sampler, run.data
     require_one_of("model.family", m.family, MODEL_FAMILIES)
     require_one_of("model.init", m.init, ("pretrained", "random"))
-    require_one_of("model.tokenizer.kind", m.tokenizer.kind, FAMILY_TOKENIZERS[m.family])
+    if FAMILY_TOKENIZERS[m.family]:  # the synthetic model has no tokenizer
+        require_one_of("model.tokenizer.kind", m.tokenizer.kind, FAMILY_TOKENIZERS[m.family])
     for kind in ("sampler", "cache"):
         require_family(kind, getattr(run, kind).name, m.family, m.name)
     require_one_of("sampler.rng", s.rng, RNG_PROTOCOLS)
@@ -276,7 +282,8 @@ def _validate_values(run: RunConf) -> None:
     require(s.cfg >= 1.0,
            f"sampler.cfg={s.cfg} is below 1. Classifier-free guidance scales start at 1.0 (no guidance); "
            "set sampler.cfg=1.0 to switch it off or a value above 1 to guide.")  # fmt: skip
-    require(s.temperature > 0, f"sampler.temperature={s.temperature} must be positive (1.0 is the default).")
+    temperature = getattr(s, "temperature", 1.0)
+    require(temperature > 0, f"sampler.temperature={temperature} must be positive (1.0 is the default).")
     require(d.num_images >= 1, f"data.num_images={d.num_images} must be at least 1.")
     require(d.batch_size >= 1, f"data.batch_size={d.batch_size} must be at least 1.")
     num_classes = m.num_classes
@@ -286,13 +293,19 @@ def _validate_values(run: RunConf) -> None:
         labels = list(d.labels)
         require(len(labels) > 0 and all(0 <= int(c) < num_classes for c in labels),
                f"data.labels={labels} must be a non-empty list of class ids in [0, {num_classes}).")  # fmt: skip
-    if m.init == "pretrained":
+    if isinstance(m, SyntheticModelConf):
+        require(
+            m.init == "random", f"model.init={m.init}: the synthetic model has no weights; leave it random."
+        )
+        require(m.image_size >= 1 and m.coarse >= 1,
+                f"model.image_size={m.image_size} and model.coarse={m.coarse} must be at least 1.")  # fmt: skip
+    elif m.init == "pretrained":
         require(m.weights.registry is not None or m.weights.path is not None,
                f"model {m.name} wants pretrained weights but names neither model.weights.path nor "
                "model.weights.registry; set one, or model.init=random.")  # fmt: skip
     if isinstance(m, LlamaGenModelConf):
         _validate_llamagen(run)
-    else:
+    elif isinstance(m, ModelConf):
         _validate_mar(run)
     for kind in ("sampler", "cache"):  # each component's own checks, against the whole run
         check = component(kind, getattr(run, kind).name).check

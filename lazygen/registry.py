@@ -28,6 +28,7 @@ BUILTIN_MODULES = (
     "lazygen.cache.base",
     "lazygen.cache.lazymar",
     "lazygen.cache.adsa",
+    "lazygen.models.synthetic",
 )
 PLUGINS_ENV = "LAZYGEN_PLUGINS"
 

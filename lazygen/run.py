@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -283,11 +284,17 @@ def _run_job(run: RunConf, cfg: DictConfig, run_dir: Path, group: str | None) ->
 
     generator = make_generator(run, "cpu", home)
     world_size = max([int(r["rank"]) + 1 for r in records] + [1])  # of the earlier attempt, if resuming
+    overhead: dict[str, float] = {}
     if todo:
+        start, before = time.perf_counter(), len(records)
         rank, world_size = generate_samples(run, run_dir, generator, todo)
         if rank != 0:
             return {}
         records = read_batch_records(run_dir)
+        if world_size == 1:  # this process's loop: its time beyond generating is writing and bookkeeping
+            generating = sum(r["seconds"] for r in records[before:])
+            overhead["perf/write_overhead_s_per_img"] = (time.perf_counter() - start - generating) / len(todo)
+    after_generation = time.perf_counter()
 
     missing_samples(run_dir, specs)
     labels = [s.label for s in specs]
@@ -327,6 +334,8 @@ def _run_job(run: RunConf, cfg: DictConfig, run_dir: Path, group: str | None) ->
             metrics["flops/speedup"] = (
                 metrics["flops/baseline_tflops_per_img"] / metrics["flops/tflops_per_img"]
             )
+    metrics.update(overhead)  # reading back, samples.npz, grid and every metric, per image:
+    metrics["perf/post_overhead_s_per_img"] = (time.perf_counter() - after_generation) / len(specs)
     (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True))
 
     from lazygen.tracking import log_run

@@ -103,7 +103,7 @@ class CacheConf:
         return self.name
 
 
-@register("cache", "none", schema=CacheConf, families=("mar", "llamagen"))
+@register("cache", "none", schema=CacheConf, families=("mar", "llamagen", "synthetic"))
 class CachePolicy:
     """Base policy = no reuse. Subclasses override the two compute entry points and ``tag``."""
 
