@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.table import Table
 
-from lazygen.errors import ConfigError, ConfigWarning, LazygenError
+from lazygen.errors import ConfigWarning, LazygenError
 from lazygen.registry import load_components
 
 USER_ERROR_EXIT = 2
@@ -124,42 +124,6 @@ def io_error(exc: OSError, run_dir: str | None = None) -> LazygenError:
     )
 
 
-def validate_sweep() -> None:
-    """Compose and validate every job of this multirun before the first one runs (the basic sweeper's
-    expansion of the command line and ``hydra.sweeper.params``); one paragraph lists every invalid job."""
-    from hydra import compose
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from lazygen.config import validate
-
-    hc = HydraConfig.get()
-    if "BasicSweeper" not in str(hc.sweeper.get("_target_", "")):
-        return  # other sweepers (e.g. Optuna) choose their jobs as they go
-    params = [f"{k}={v}" for k, v in (hc.sweeper.get("params") or {}).items()]
-    arguments = get_args_parser().parse_args(sys.argv[1:]).overrides
-    parsed = OverridesParser.create().parse_overrides(params + arguments)
-    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-    problems = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConfigWarning)  # each job shows its own when it runs
-        for num, job in enumerate(jobs):
-            try:
-                validate(
-                    compose(config_name="config", overrides=[o for o in job if not o.startswith("hydra.")])
-                )
-            except (LazygenError, HydraException, OmegaConfBaseException) as exc:
-                swept = [o for o in job if any(o not in other for other in jobs)]  # what tells jobs apart
-                problems.append(f"job {num} ({' '.join(swept)}): {exc}")
-    if problems:
-        raise ConfigError(
-            f"{len(problems)} of the {len(jobs)} jobs of this multirun are invalid, so none was started. "
-            + " ".join(problems)
-            + " Fix or drop those values and rerun."
-        )
-
-
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
@@ -168,11 +132,6 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     run_dir = hc.runtime.output_dir
     multirun = hc.mode == RunMode.MULTIRUN
     group = Path(hc.sweep.dir).name if multirun else None
-    if multirun and hc.job.num == 0:
-        try:
-            validate_sweep()
-        except LazygenError as exc:
-            exit_with_user_error(exc)
     _SESSION.sweep_dir = hc.sweep.dir if multirun else None
     try:
         from lazygen.run import run_job

@@ -120,7 +120,8 @@ MODEL_SCHEMAS: dict[str, type] = {
 @dataclass
 class HardwareConf:
     accelerator: str = "cpu"
-    devices: Any = 1
+    devices: Any = 1  # per node
+    num_nodes: int = 1  # machines; SLURM and torchrun environments are read by Lightning
     strategy: str = "auto"
     precision: str = "32-true"
     num_threads: int | None = None

@@ -73,6 +73,7 @@ def _trainer(run: RunConf, run_dir: Path) -> L.Trainer:
         return L.Trainer(
             accelerator=hw.accelerator,
             devices=hw.devices,
+            num_nodes=hw.num_nodes,
             strategy=hw.strategy,
             precision=hw.precision,
             logger=False,
