@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lazygen.callbacks.writer import sample_png
+from lazygen.callbacks.writer import feature_file, sample_png
 from lazygen.data.specs import SampleSpec
 from lazygen.errors import LazygenError
 
@@ -36,6 +36,18 @@ def read_sample(run_dir: Path, index: int) -> np.ndarray:
     """One sample as (H, W, 3) uint8."""
     with Image.open(sample_png(run_dir, index)) as image:
         return np.asarray(image.convert("RGB"))
+
+
+def read_features(run_dir: Path, index: int):
+    """(features, logits) float32 tensors a generating rank kept for this sample, or None if absent or
+    unreadable (then they are extracted again from the PNG)."""
+    import torch
+
+    try:
+        with np.load(feature_file(run_dir, index)) as stored:
+            return torch.from_numpy(stored["features"]), torch.from_numpy(stored["logits"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
 
 
 def image_chunks(run_dir: Path, specs: Sequence[SampleSpec], chunk: int) -> Iterator[np.ndarray]:

@@ -41,13 +41,20 @@ from lazygen.metrics.perf import latency_metrics, measure_flops
 from lazygen.outputs import (
     GRID_MAX_CLASS_ROWS,
     grid_indices,
-    image_chunks,
     image_grid,
     missing_samples,
+    read_features,
     read_sample,
     write_samples_npz,
 )
-from lazygen.rundir import RunLock, check_settings, intact_indices, is_worker_process, sample_settings
+from lazygen.rundir import (
+    RunLock,
+    check_settings,
+    intact_indices,
+    is_worker_process,
+    keep_features_of,
+    sample_settings,
+)
 
 METRICS_FILE = "metrics.json"
 NPZ_FILE = "samples.npz"
@@ -91,12 +98,12 @@ def _trainer(run: RunConf, run_dir: Path) -> L.Trainer:
 
 
 def generate_samples(
-    run: RunConf, run_dir: Path, generator: Generator, todo: list[SampleSpec]
+    run: RunConf, run_dir: Path, generator: Generator, todo: list[SampleSpec], extractor=None
 ) -> tuple[int, int]:
     """Generate the specs not yet done; returns (global rank, world size). Non-zero ranks stop after."""
     trainer = _trainer(run, run_dir)
     loader = DataLoader(SpecDataset(todo), batch_size=run.data.batch_size, shuffle=False, num_workers=0)
-    trainer.predict(GenerationModule(generator), dataloaders=loader, return_predictions=False)
+    trainer.predict(GenerationModule(generator, extractor), dataloaders=loader, return_predictions=False)
     return trainer.global_rank, trainer.world_size
 
 
@@ -203,11 +210,26 @@ def quality_metrics(run: RunConf, run_dir: Path, specs: list[SampleSpec], home: 
                          bootstrap_seed=run.seed)  # fmt: skip
     judge_classes = getattr(extractor, "num_classes", None) == run.model.num_classes
     batch = max(1, run.data.batch_size)
-    for start, images in zip(range(0, len(specs), batch), image_chunks(run_dir, specs, batch), strict=True):
-        chunk = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-        labels = torch.tensor([s.label for s in specs[start : start + batch]])
-        meter.update(chunk, labels if judge_classes else None)
+    for start in range(0, len(specs), batch):
+        chunk = specs[start : start + batch]
+        labels = torch.tensor([s.label for s in chunk]) if judge_classes else None
+        meter.update(None, labels, extracted=_chunk_features(meter, run_dir, chunk))
     return {k: float(v) for k, v in meter.compute().items()}
+
+
+def _chunk_features(meter, run_dir: Path, chunk: list[SampleSpec]):
+    """The features and logits of a chunk of samples, in order: those the generating ranks kept in the run
+    dir, and for the rest (an older run dir, a damaged file) extracted here from the PNGs."""
+    from lazygen.metrics.quality import ExtractorOutput
+
+    stored = [read_features(run_dir, s.index) for s in chunk]
+    todo = [k for k, f in enumerate(stored) if f is None]
+    if todo:
+        images = np.stack([read_sample(run_dir, chunk[k].index) for k in todo])
+        fresh = meter.extract(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+        for j, k in enumerate(todo):
+            stored[k] = (fresh.features[j].float().cpu(), fresh.logits[j].float().cpu())
+    return ExtractorOutput(torch.stack([f for f, _ in stored]), torch.stack([g for _, g in stored]))
 
 
 def cache_metrics(records: list[dict]) -> tuple[dict[str, float], dict]:
@@ -281,6 +303,8 @@ def _run_job(run: RunConf, cfg: DictConfig, run_dir: Path, group: str | None) ->
         if damaged:
             print(f"lazygen: {len(damaged)} finished samples had an unreadable or missing PNG or latent (first: "
                   f"{damaged[:5]}); they are generated again.", file=sys.stderr)  # fmt: skip
+        if quality_settings(run)[0]:
+            keep_features_of(run_dir, quality_settings(run)[1])
     todo = [s for s in specs if s.index not in done]
 
     generator = make_generator(run, "cpu", home)
@@ -288,7 +312,10 @@ def _run_job(run: RunConf, cfg: DictConfig, run_dir: Path, group: str | None) ->
     overhead: dict[str, float] = {}
     if todo:
         start, before = time.perf_counter(), len(records)
-        rank, world_size = generate_samples(run, run_dir, generator, todo)
+        extractor = None
+        if quality_settings(run)[0]:  # each rank extracts its samples' features as it makes them
+            extractor = make_extractor(quality_settings(run)[1], home)
+        rank, world_size = generate_samples(run, run_dir, generator, todo, extractor)
         if rank != 0:
             return {}
         records = read_batch_records(run_dir)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lazygen.callbacks.writer import LATENTS_DIR, sample_png
+from lazygen.callbacks.writer import FEATURES_DIR, LATENTS_DIR, feature_file, sample_png
 from lazygen.errors import ConfigError, LazygenError
 
 SETTINGS_FILE = "settings.json"
@@ -153,6 +153,21 @@ def _stale(holder: dict, me: dict) -> bool:
     return False
 
 
+EXTRACTOR_FILE = "extractor.txt"
+
+
+def keep_features_of(run_dir: Path, extractor: str) -> None:
+    """Stored quality features are valid for the extractor that made them: another one discards them."""
+    import shutil
+
+    folder = run_dir / FEATURES_DIR
+    marker = folder / EXTRACTOR_FILE
+    if folder.exists() and (not marker.exists() or marker.read_text() != extractor):
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text(extractor)
+
+
 def _decodes(path: Path) -> bool:
     try:
         with Image.open(path) as image:
@@ -179,6 +194,6 @@ def intact_indices(run_dir: Path, indices: set[int], latents: bool) -> tuple[set
         if _decodes(png) and (not latents or _loads(npy)):
             continue
         damaged.append(index)
-        png.unlink(missing_ok=True)
-        npy.unlink(missing_ok=True)
+        for path in (png, npy, feature_file(run_dir, index)):
+            path.unlink(missing_ok=True)
     return indices - set(damaged), damaged

@@ -20,6 +20,11 @@ from PIL import Image
 SAMPLES_DIR = "samples"
 LATENTS_DIR = "latents"
 STATS_DIR = "stats"
+FEATURES_DIR = "features"  # per sample: the quality extractor's features and logits (features.npz)
+
+
+def feature_file(run_dir: Path, index: int) -> Path:
+    return run_dir / FEATURES_DIR / f"{index:06d}.npz"
 
 
 def sample_png(run_dir: Path, index: int) -> Path:
@@ -34,6 +39,14 @@ def _atomic(path: Path, write) -> None:
 
 def _save_png(path: Path, image: np.ndarray) -> None:
     _atomic(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    _atomic(path, write)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -83,6 +96,11 @@ class SampleWriter(BasePredictionWriter):
             latents = prediction["latents"].to(torch.float32).numpy()
             for k, index in enumerate(indices):
                 _save_npy(self.run_dir / LATENTS_DIR / f"{index:06d}.npy", latents[k])
+        if "features" in prediction:  # before the record: a recorded sample has its features
+            (self.run_dir / FEATURES_DIR).mkdir(parents=True, exist_ok=True)
+            features, logits = prediction["features"].numpy(), prediction["logits"].numpy()
+            for k, index in enumerate(indices):
+                _save_npz(feature_file(self.run_dir, index), features=features[k], logits=logits[k])
         record = {
             "rank": trainer.global_rank,
             "batch_idx": batch_idx,

@@ -85,13 +85,22 @@ class Generator(nn.Module):
 class GenerationModule(L.LightningModule):
     """``predict_step`` returns one batch's images, latents and timing, keyed by global sample index."""
 
-    def __init__(self, generator: Generator) -> None:
+    def __init__(self, generator: Generator, extractor: torch.nn.Module | None = None) -> None:
         super().__init__()
         self.generator = generator
+        self.extractor = extractor  # quality features, extracted where the images are made
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
         out = self.generator.generate(batch["label"], [int(s) for s in batch["seed"].tolist()])
+        extracted = {}
+        if self.extractor is not None:
+            from lazygen.metrics.quality import split_extractor_output
+
+            with torch.no_grad():
+                features = split_extractor_output(self.extractor(out.images.permute(0, 3, 1, 2).contiguous()))
+            extracted = {"features": features.features.float().cpu(), "logits": features.logits.float().cpu()}
         return {
+            **extracted,
             "index": batch["index"].cpu(),
             "label": batch["label"].cpu(),
             "images": out.images.cpu(),

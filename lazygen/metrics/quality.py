@@ -536,6 +536,10 @@ class QualityMeter(Metric):
         self.extractor.eval()
         return self
 
+    def extract(self, images: Tensor) -> ExtractorOutput:
+        """The extractor's (features, logits) of uint8 images (N, 3, H, W), checked."""
+        return self._extract(images)
+
     def _extract(self, images: Tensor) -> ExtractorOutput:
         _check_images(images)
         with torch.no_grad():
@@ -559,11 +563,16 @@ class QualityMeter(Metric):
         setattr(self, f"{side}_outer", getattr(self, f"{side}_outer") + feats.T @ feats)
         setattr(self, f"{side}_count", getattr(self, f"{side}_count") + feats.shape[0])
 
-    def update(self, images: Tensor, labels: Tensor | None = None) -> None:
+    def update(
+        self, images: Tensor | None, labels: Tensor | None = None, extracted: ExtractorOutput | None = None
+    ) -> None:
         """Add generated uint8 images (N, 3, H, W); with the class ``labels`` they were conditioned on,
         also count how often the extractor's classifier agrees (class accuracy, when its classes are the
-        generator's)."""
-        output = self._extract(images)
+        generator's). ``extracted``: the images' features and logits already extracted elsewhere (by each
+        rank while it generated, kept in the run dir); ``images`` is then None."""
+        output = self._extract(images) if extracted is None else extracted
+        device = self.fake_sum.device
+        output = ExtractorOutput(output.features.to(device), output.logits.to(device))
         self._accumulate("fake", output.features)
         self.logits.append(output.logits.detach().to(torch.float32))
         if self.bootstrap:
