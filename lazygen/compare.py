@@ -144,6 +144,21 @@ def markdown(rows: list[dict]) -> str:
 TABLE_FILE, ROWS_FILE = "comparison.md", "comparison.json"
 
 
+def write_outputs(rows: list[dict], out_dir: Path, title: str) -> list[Path]:
+    """The table (Markdown and JSON) and the Pareto plots in ``out_dir``; returns the plot paths (none
+    without matplotlib, which is then said once)."""
+    from lazygen.plots import plot_pareto, trade_off_points
+
+    (out_dir / TABLE_FILE).write_text(markdown(rows) + "\n")
+    (out_dir / ROWS_FILE).write_text(json.dumps(rows, indent=2))
+    points = trade_off_points(rows, _distinct([r["overrides"] for r in rows]))
+    try:
+        return plot_pareto(points, out_dir, title)
+    except LazygenError as exc:
+        print(f"lazygen: {exc}", file=sys.stderr)
+        return []
+
+
 class CompareTable(Callback):
     """Hydra callback: after a multirun, the table of its jobs against job ``baseline``."""
 
@@ -158,10 +173,19 @@ class CompareTable(Callback):
         except LazygenError as exc:  # the jobs' own outputs are complete; only the table is missing
             print(f"lazygen: no comparison table for {sweep_dir}: {exc}", file=sys.stderr)
             return
-        table = markdown(rows)
-        (sweep_dir / TABLE_FILE).write_text(table + "\n")
-        (sweep_dir / ROWS_FILE).write_text(json.dumps(rows, indent=2))
-        print(f"\n{table}\n\n(written to {sweep_dir / TABLE_FILE})")
+        plots = write_outputs(rows, sweep_dir, f"{sweep_dir.name}: speed against quality")
+        print(f"\n{markdown(rows)}\n\n(written to {sweep_dir / TABLE_FILE}{', pareto.png' if plots else ''})")
+        from lazygen.config import LoggerConf, typed_group
+        from lazygen.tracking import log_comparison
+
+        logger = (
+            typed_group("logger", LoggerConf, config.logger)
+            if "logger" in config
+            else LoggerConf(kind="none")
+        )
+        log_comparison(
+            logger, sweep_dir, rows, _distinct([r["overrides"] for r in rows]), plots, sweep_dir.name
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -171,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="baseline run then others, or one multirun folder")
     parser.add_argument("--baseline", help="job number of the baseline inside a multirun folder")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--plot-dir", type=Path, help="write comparison.md/.json and pareto.png/.svg here "
+                        "(default: the multirun folder, or the current folder for a list of runs)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         base, others = _run_dirs(args.runs, args.baseline)
@@ -182,6 +208,10 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown(rows))
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
+    out_dir = args.plot_dir or (args.runs[0] if len(args.runs) == 1 else Path.cwd())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if write_outputs(rows, out_dir, f"{out_dir.resolve().name}: speed against quality"):
+        print(f"(table and pareto.png in {out_dir})")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,42 @@ def wandb_mode(requested: str) -> str:
     return "online" if _has_credentials() and _reachable() else "offline"
 
 
+def log_comparison(
+    conf: LoggerConf, sweep_dir: Path, rows: list[dict], names: list[str], plots: list[Path], group: str
+) -> str | None:
+    """The comparison as a W&B table with a scatter chart of FLOP speedup against FID (and the Pareto
+    plot), in its own run of the sweep's group; offline runs keep them for ``wandb sync``."""
+    if conf.kind != "wandb":
+        return None
+    mode = wandb_mode(conf.mode)
+    if mode == "disabled":
+        return mode
+    import wandb
+
+    columns = ["run", "flop_speedup", "psnr_vs_baseline", "fid", "fid_se", "class_acc", "tflops_per_img",
+               "latency_s_per_img"]  # fmt: skip
+    data = [[name if k else "baseline", row.get("flop_speedup"), row.get("psnr_vs_baseline") if k else None,
+             row["metrics"].get("quality/fid"), row["metrics"].get("quality/fid_se"),
+             row["metrics"].get("quality/class_acc"), row["metrics"].get("flops/tflops_per_img"),
+             row["metrics"].get("perf/latency_s_per_img")]
+            for k, (row, name) in enumerate(zip(rows, names, strict=True))]  # fmt: skip
+    run = wandb.init(project=conf.project, entity=conf.entity, name=f"{group}-comparison", group=group,
+                     job_type="comparison", dir=str(sweep_dir), mode=mode, reinit="finish_previous")  # fmt: skip
+    try:
+        table = wandb.Table(columns=columns, data=data)
+        run.log({"comparison": table,
+                 "comparison/speedup_vs_fid": wandb.plot.scatter(table, "flop_speedup", "fid",
+                                                                 title="FLOP speedup vs FID"),
+                 "comparison/speedup_vs_psnr": wandb.plot.scatter(table, "flop_speedup", "psnr_vs_baseline",
+                                                                  title="FLOP speedup vs PSNR")})  # fmt: skip
+        for path in plots:
+            if path.suffix == ".png":
+                run.log({"comparison/pareto": wandb.Image(str(path))})
+    finally:
+        run.finish()
+    return mode
+
+
 def log_run(
     conf: LoggerConf,
     run_dir: Path,

@@ -26,6 +26,11 @@ def test_table_preset_writes_the_comparison_after_the_last_job(tmp_path):
     assert 0 < rows["gtr_8"]["psnr_vs_baseline"] < rows["mar_64"]["psnr_vs_baseline"]
     for method in rows:
         assert f"method={method}" in table
+    from PIL import Image
+
+    with Image.open(tmp_path / "pareto.png") as plot:  # the trade-off as a figure, next to the table
+        assert plot.size[0] > 1000 and plot.size[1] > 800
+    assert (tmp_path / "pareto.svg").read_text().lstrip().startswith("<?xml")
 
 
 def test_a_table_without_its_baseline_job_says_so_and_keeps_the_jobs(tmp_path):
