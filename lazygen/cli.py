@@ -156,7 +156,24 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         return None
     if metrics:
         print_summary(metrics, run_dir)
-    return metrics.get("quality/fid") if metrics else None
+    return objective_values(cfg, metrics)
+
+
+def objective_values(cfg: DictConfig, metrics: dict[str, float]) -> float | list[float] | None:
+    """What a job returns to the sweeper: the ``objectives`` metrics (a search), else FID."""
+    keys = cfg.get("objectives")
+    if not metrics:
+        return None
+    if not keys:
+        return metrics.get("quality/fid")
+    missing = [k for k in keys if k not in metrics]
+    if missing:
+        exit_with_user_error(LazygenError(
+            f"objectives={list(keys)} names metrics this run did not report ({missing}); enable what measures "
+            "them (e.g. metrics.speedup.enabled=true for perf/speedup and quality/psnr_vs_baseline, a cache "
+            "or sampler that differs from the baseline for flops/speedup) or pick reported keys."))  # fmt: skip
+    values = [float(metrics[k]) for k in keys]
+    return values if len(values) > 1 else values[0]
 
 
 def main() -> None:

@@ -112,7 +112,7 @@ def compare(base_dir: Path, run_dirs: list[Path]) -> list[dict]:
     return rows
 
 
-def _distinct(overrides: list[str]) -> list[str]:
+def distinct_settings(overrides: list[str]) -> list[str]:
     """Each run's overrides without those every run shares (the table shows what differs)."""
     split = [o.split() for o in overrides]
     common = set.intersection(*(set(s) for s in split)) if len(split) > 1 else set()
@@ -125,7 +125,7 @@ def markdown(rows: list[dict]) -> str:
     columns = [c for c in COLUMNS if any(c[1] in r["metrics"] for r in rows)]
     header = ["run", *[c[0] for c in columns], "FLOP speedup", "PSNR vs baseline (dB)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row, name in zip(rows, _distinct([r["overrides"] for r in rows]), strict=True):
+    for row, name in zip(rows, distinct_settings([r["overrides"] for r in rows]), strict=True):
         cells = [name]
         for _, key, fmt, scale in columns:
             value, error = row["metrics"].get(key), row["metrics"].get(key + STANDARD_ERROR_SUFFIX)
@@ -151,7 +151,7 @@ def write_outputs(rows: list[dict], out_dir: Path, title: str) -> list[Path]:
 
     (out_dir / TABLE_FILE).write_text(markdown(rows) + "\n")
     (out_dir / ROWS_FILE).write_text(json.dumps(rows, indent=2))
-    points = trade_off_points(rows, _distinct([r["overrides"] for r in rows]))
+    points = trade_off_points(rows, distinct_settings([r["overrides"] for r in rows]))
     try:
         return plot_pareto(points, out_dir, title)
     except LazygenError as exc:
@@ -184,7 +184,7 @@ class CompareTable(Callback):
             else LoggerConf(kind="none")
         )
         log_comparison(
-            logger, sweep_dir, rows, _distinct([r["overrides"] for r in rows]), plots, sweep_dir.name
+            logger, sweep_dir, rows, distinct_settings([r["overrides"] for r in rows]), plots, sweep_dir.name
         )
 
 

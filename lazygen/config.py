@@ -7,6 +7,7 @@ whose message names the key, the bad value and the fix.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,11 @@ from lazygen.samplers.rng import RNG_PROTOCOLS
 
 # ``${sum:${.list}}``: a value that is the sum of a list (a step count from per-stage counts), so sweeps vary only the list.
 OmegaConf.register_new_resolver("sum", lambda values: sum(values), replace=True)
+DIGEST_CHARS = 12
+# ``${digest:${hydra.job.override_dirname}}``: a short stable name for a job's settings (search trial dirs)
+OmegaConf.register_new_resolver(
+    "digest", lambda text: hashlib.sha1(str(text).encode()).hexdigest()[:DIGEST_CHARS], replace=True
+)
 
 MODEL_FAMILIES = ("mar", "llamagen", "synthetic")
 TOKENIZERS = ("kl16", "kl", "pixel", "vq16", "levels")
