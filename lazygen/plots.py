@@ -53,10 +53,7 @@ def trade_off_points(rows: list[dict], names: list[str]) -> list[dict]:
 def plot_pareto(points: list[dict], out_dir: Path, title: str) -> list[Path]:
     """Write ``pareto.png`` and ``pareto.svg`` into ``out_dir``; returns their paths."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = _pyplot()
     except ImportError:
         raise LazygenError(
             "pareto.png needs matplotlib: pip install 'lazygen[plots]' (the comparison table was written)."
@@ -98,3 +95,42 @@ def plot_pareto(points: list[dict], out_dir: Path, title: str) -> list[Path]:
         fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return paths
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_recompute_heatmap(by_layer_step: dict[str, list[float]], path: Path, title: str) -> Path | None:
+    """``cache.png``: the share of each layer's work recomputed at each step (1 = computed in full), or
+    None when matplotlib is missing or nothing was reused."""
+    import numpy as np
+
+    layers = list(by_layer_step)
+    steps = max((len(v) for v in by_layer_step.values()), default=0)
+    if not layers or not steps:
+        return None
+    grid = np.full((len(layers), steps), np.nan)
+    for i, layer in enumerate(layers):
+        grid[i, : len(by_layer_step[layer])] = by_layer_step[layer]
+    if np.nanmin(grid) >= 1.0:
+        return None  # every step in full: nothing to show
+    try:
+        plt = _pyplot()
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6, steps * 0.15), max(3, len(layers) * 0.3)))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks(range(len(layers)), layers, fontsize="small")
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="share recomputed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path

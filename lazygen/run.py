@@ -126,11 +126,21 @@ def flops_metrics(run: RunConf, specs: list[SampleSpec], home: Path | None) -> t
     return metrics, {"device": report.device, "tflops_per_img_by_module": report.by_module}
 
 
-def paired_baseline(run: RunConf, generator: Generator, specs: list[SampleSpec], home: Path | None) -> dict:
+PAIRS_GRID_FILE = "grid_vs_baseline.png"
+
+
+def paired_baseline(
+    run: RunConf,
+    generator: Generator,
+    specs: list[SampleSpec],
+    home: Path | None,
+    run_dir: Path | None = None,
+) -> dict:
     """Speedup and fidelity against the baseline, measured here on the same specs, batch by batch.
 
     Both generators share the network; batches alternate between them after one untimed warm-up each,
-    so both see the same device state.
+    so both see the same device state. With ``run_dir``, ``grid_vs_baseline.png`` shows the accelerated
+    images (top row) over the baseline's of the same seeds (bottom row), so the PSNR can be seen.
     """
     from lazygen.metrics.quality import psnr
 
@@ -143,10 +153,11 @@ def paired_baseline(run: RunConf, generator: Generator, specs: list[SampleSpec],
     generator.generate(labels, seeds)
     baseline.generate(labels, seeds)
     t_acc = t_base = 0.0
-    scores = []
+    scores, pairs = [], []
     for batch in batches:
         labels, seeds = _spec_tensors(batch, device)
         acc, base = generator.generate(labels, seeds), baseline.generate(labels, seeds)
+        pairs.append((acc.images.cpu().numpy(), base.images.cpu().numpy()))
         t_acc, t_base = t_acc + acc.seconds, t_base + base.seconds
         scores.append(
             psnr(acc.images.permute(0, 3, 1, 2), base.images.permute(0, 3, 1, 2), cap_db=PSNR_CAP_DB)
@@ -156,6 +167,11 @@ def paired_baseline(run: RunConf, generator: Generator, specs: list[SampleSpec],
         "perf/baseline_latency_s_per_img": t_base / len(subset),
         "quality/psnr_vs_baseline": float(torch.cat(scores).mean()),
     }
+    if run_dir is not None:
+        accelerated, base = (np.concatenate(side) for side in zip(*pairs, strict=True))
+        n = len(accelerated)
+        grid = image_grid(np.concatenate([accelerated, base]), 2 * n, [0] * n + [1] * n)
+        Image.fromarray(grid).save(run_dir / PAIRS_GRID_FILE)
     if run.metrics.flops.enabled:
         base_flops, _ = flops_metrics(base_run, specs, home)
         out["flops/baseline_tflops_per_img"] = base_flops["flops/tflops_per_img"]
@@ -266,6 +282,9 @@ def cache_metrics(records: list[dict]) -> tuple[dict[str, float], dict]:
     detail = {
         "recompute_frac_by_layer": by_layer,
         "recompute_frac_by_step": [share(*counts) for counts in total.by_step],
+        "recompute_frac_by_layer_step": {
+            layer: [share(*counts) for counts in steps] for layer, steps in total.by_layer_step.items()
+        },
     }
     return metrics, detail
 
@@ -347,6 +366,10 @@ def _run_job(run: RunConf, cfg: DictConfig, run_dir: Path, group: str | None) ->
     metrics.update(cache)
     if cache_detail:
         (run_dir / "cache.json").write_text(json.dumps(cache_detail, indent=2))
+        from lazygen.plots import plot_recompute_heatmap
+
+        plot_recompute_heatmap(cache_detail["recompute_frac_by_layer_step"], run_dir / "cache.png",
+                               f"{run_name(run, generator.policy.tag)}: work recomputed")  # fmt: skip
     if run.metrics.flops.enabled:
         flops, detail = flops_metrics(run, specs, home)
         metrics.update(flops)
@@ -357,7 +380,7 @@ def _run_job(run: RunConf, cfg: DictConfig, run_dir: Path, group: str | None) ->
     if speedup is True or (speedup == "auto" and is_accelerated(run)):
         if run.hardware.accelerator in ("gpu", "cuda") and torch.cuda.is_available():
             generator = generator.to("cuda")
-        metrics.update(paired_baseline(run, generator, specs, home))
+        metrics.update(paired_baseline(run, generator, specs, home, run_dir))
         if "flops/baseline_tflops_per_img" in metrics:
             metrics["flops/speedup"] = (
                 metrics["flops/baseline_tflops_per_img"] / metrics["flops/tflops_per_img"]

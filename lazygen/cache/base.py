@@ -52,6 +52,7 @@ class CacheStats:
     head_full_evals: int = 0
     by_layer: dict[str, list[int]] = field(default_factory=dict)
     by_step: list[list[int]] = field(default_factory=list)
+    by_layer_step: dict[str, list[list[int]]] = field(default_factory=dict)  # {layer: by_step}
     # causal models: image tokens attended vs. held by a full cache (rows x layers x steps), and the bytes
     # of the KV caches a generation allocated (its largest batch; per image: bytes / images of that batch)
     attended_tokens: int = 0
@@ -65,6 +66,7 @@ class CacheStats:
         self.total_tokens += total
         self._add(self.by_layer.setdefault(layer, [0, 0]), recomputed, total)
         self._add(self._step(step), recomputed, total)
+        self._add(self._step(step, self.by_layer_step.setdefault(layer, [])), recomputed, total)
 
     def merge(self, other: CacheStats) -> None:
         """Add another generation's counters (e.g. another batch's) to these."""
@@ -77,11 +79,15 @@ class CacheStats:
             self._add(self.by_layer.setdefault(layer, [0, 0]), recomputed, total)
         for step, (recomputed, total) in enumerate(other.by_step):
             self._add(self._step(step), recomputed, total)
+        for layer, steps in other.by_layer_step.items():
+            for step, (recomputed, total) in enumerate(steps):
+                self._add(self._step(step, self.by_layer_step.setdefault(layer, [])), recomputed, total)
 
-    def _step(self, step: int) -> list[int]:
-        while len(self.by_step) <= step:
-            self.by_step.append([0, 0])
-        return self.by_step[step]
+    def _step(self, step: int, series: list[list[int]] | None = None) -> list[int]:
+        series = self.by_step if series is None else series
+        while len(series) <= step:
+            series.append([0, 0])
+        return series[step]
 
     @staticmethod
     def _add(entry: list[int], recomputed: int, total: int) -> None:

@@ -51,3 +51,32 @@ def test_an_offline_wandb_run_holds_the_comparison_table(tmp_path, monkeypatch):
     assert len(tables) == 1
     table = json.loads(tables[0].read_text())
     assert table["columns"][:3] == ["run", "flop_speedup", "psnr_vs_baseline"] and len(table["data"]) == 3
+
+
+def test_an_accelerated_run_draws_its_recompute_heatmap_and_the_baseline_beside_it(tmp_path):
+    pytest.importorskip("matplotlib")
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+    from helpers import FAST, compose_cfg
+
+    from lazygen.run import run_job
+
+    run_job(compose_cfg(*FAST, "cache=lazymar", "cache.refresh_start=1", "cache.refresh_interval=2",
+                        "data.num_images=3", "metrics.speedup.enabled=true", "metrics.speedup.num_images=3",
+                        "hardware.num_threads=1"), tmp_path)  # fmt: skip
+    detail = json.loads((tmp_path / "cache.json").read_text())["recompute_frac_by_layer_step"]
+    assert len(detail) == 12 and all(len(v) == 4 for v in detail.values())  # 6 + 6 blocks, 4 steps
+    assert min(min(v) for v in detail.values()) < 1 and detail["encoder.0"][0] == 1.0  # step 0 in full
+    with Image.open(tmp_path / "cache.png") as heatmap:
+        assert heatmap.size[0] > 600
+    pairs = np.asarray(Image.open(tmp_path / "grid_vs_baseline.png"))
+    cell = pairs.shape[0] // 2
+    assert pairs.shape[1] == 3 * cell  # three seeds: accelerated over baseline
+    samples = np.load(tmp_path / "samples.npz")["arr_0"]
+    top_left = pairs[:cell, :cell][:: cell // 16, :: cell // 16]
+    np.testing.assert_array_equal(top_left, samples[0])  # the top row is this run's own image
