@@ -65,7 +65,9 @@ def test_methods_set_what_their_names_say(name):
 def test_model_presets_validate_and_take_the_readme_cfg(name):
     run = validate(compose_cfg(f"model={name}"))
     assert run.sampler.cfg == run.model.default_cfg
-    if run.model.family == "llamagen":  # next-token decoding, one step per image token
+    if run.model.family == "synthetic":  # no network: its own one-draw sampler
+        assert run.sampler.name == "synthetic" and run.model.image_size == 256
+    elif run.model.family == "llamagen":  # next-token decoding, one step per image token
         assert run.sampler.name == "ar" and run.sampler.num_iter == run.model.arch.block_size
         assert run.model.arch.block_size == (256 if name == "tiny_llamagen" else 576)
     else:
