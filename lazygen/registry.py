@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,17 +20,10 @@ from typing import Any
 from lazygen.errors import ConfigError
 
 KINDS = ("sampler", "cache")
-BUILTIN_MODULES = (
-    "lazygen.samplers.mar",
-    "lazygen.samplers.halton",
-    "lazygen.samplers.disa",
-    "lazygen.samplers.gtr",
-    "lazygen.samplers.ar",
-    "lazygen.cache.base",
-    "lazygen.cache.lazymar",
-    "lazygen.cache.adsa",
-    "lazygen.models.synthetic",
-)
+BUILTIN_PACKAGES = (
+    "lazygen.samplers",
+    "lazygen.cache",
+)  # every module in them is imported: a new one registers
 PLUGINS_ENV = "LAZYGEN_PLUGINS"
 
 
@@ -85,13 +79,14 @@ def _store_schema(kind: str, name: str, schema: type) -> None:
 
 def load_components() -> None:
     """Import the built-in components and the user's ``LAZYGEN_PLUGINS`` modules (they register on import)."""
+    for package in BUILTIN_PACKAGES:
+        for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
+            importlib.import_module(f"{package}.{info.name}")
     plugins = [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]
-    for module in (*BUILTIN_MODULES, *plugins):
+    for module in plugins:
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            if module in BUILTIN_MODULES:
-                raise
             raise ConfigError(
                 f"{PLUGINS_ENV} names the module {module!r}, which could not be imported ({exc}). Check the "
                 "spelling and that it is on PYTHONPATH, or remove it from the variable."

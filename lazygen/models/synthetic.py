@@ -8,14 +8,11 @@ generator's, rather than incompressible noise.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from lazygen.registry import register
 
 RGB = 3
 
@@ -64,34 +61,3 @@ class SyntheticDecoder(nn.Module):
 
     def decode_tokens_latent(self, coarse: torch.Tensor) -> torch.Tensor:
         return F.interpolate(coarse, size=self.image_size, mode="bilinear", align_corners=False)
-
-
-@dataclass
-class SyntheticSamplerConf:
-    name: str = "synthetic"
-    num_iter: int = 1
-    cfg: float = 1.0
-    rng: str = "per_sample"
-
-    def baseline(self, num_iter: int) -> SyntheticSamplerConf:
-        return self
-
-
-@register("sampler", "synthetic", schema=SyntheticSamplerConf, families=("synthetic",))
-class SyntheticSampler:
-    """One seeded draw per image: a coarse uniform grid in [-1, 1] (the decoder upsamples it)."""
-
-    name = "synthetic"
-
-    def __init__(self, conf: SyntheticSamplerConf) -> None:
-        self.conf = conf
-
-    def sample(
-        self, model: SyntheticModel, labels: torch.Tensor, seeds: Sequence[int], policy
-    ) -> torch.Tensor:
-        device = model.anchor.device
-        coarse = torch.stack([
-            torch.rand(RGB, model.coarse, model.coarse, generator=torch.Generator().manual_seed(int(s)))
-            for s in seeds
-        ])  # fmt: skip
-        return (coarse * 2 - 1).to(device)
