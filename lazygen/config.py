@@ -108,6 +108,7 @@ class LlamaGenModelConf:
     )
     default_cfg: float = 1.75
     default_num_iter: int = 576  # one token per step
+    default_top_p: float = 1.0  # sampler.top_p of its ar sampler (1.0: off, the official FID recipe)
     evaluator: EvaluatorConf = field(default_factory=EvaluatorConf)
 
     @property
