@@ -11,7 +11,7 @@ import io
 import math
 import os
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,12 +48,6 @@ def read_features(run_dir: Path, index: int):
             return torch.from_numpy(stored["features"]), torch.from_numpy(stored["logits"])
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
-
-
-def image_chunks(run_dir: Path, specs: Sequence[SampleSpec], chunk: int) -> Iterator[np.ndarray]:
-    """The samples of ``specs`` in order, ``chunk`` at a time, as (n, H, W, 3) uint8 arrays."""
-    for start in range(0, len(specs), max(1, chunk)):
-        yield np.stack([read_sample(run_dir, s.index) for s in specs[start : start + chunk]])
 
 
 def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:

@@ -211,14 +211,16 @@ def make_extractor(name: str, home: Path | None) -> torch.nn.Module:
     return get_method(name)()
 
 
-def quality_metrics(run: RunConf, run_dir: Path, specs: list[SampleSpec], home: Path | None) -> dict:
+def quality_metrics(
+    run: RunConf, run_dir: Path, specs: list[SampleSpec], home: Path | None, extractor: torch.nn.Module
+) -> dict:
     """FID/IS of the run's samples, read back a batch at a time; class accuracy when the extractor
     classifies the generator's classes."""
     from lazygen.metrics.quality import QualityMeter
     from lazygen.weights import REGISTRY, resolve_weight
 
-    _, extractor_name, reference = quality_settings(run)
-    extractor = make_extractor(extractor_name, home)
+    reference = quality_settings(run)[2]
+    extractor = extractor.cpu()  # the meter's statistics live on the CPU (generation may have moved it)
     if reference in REGISTRY:
         reference = str(resolve_weight(reference, home=home, config_key="metrics.quality.reference_stats"))
     q = run.metrics.quality
@@ -317,13 +319,16 @@ def _run_job(run: RunConf, cfg: DictConfig, run_dir: Path, group: str | None) ->
     specs = build_specs(run.data.num_images, run.model.num_classes, run.data.labels, run.data.seed)
     records = read_batch_records(run_dir)
     done = finished_indices(run_dir, records)
+    quality_on, extractor_name, _ = quality_settings(run)
+    # one extractor: each rank's features while generating, then what is missing in the report
+    extractor = make_extractor(extractor_name, home) if quality_on else None
     if not is_worker_process():
         done, damaged = intact_indices(run_dir, done, run.callbacks.save_latents)
         if damaged:
             print(f"lazygen: {len(damaged)} finished samples had an unreadable or missing PNG or latent (first: "
                   f"{damaged[:5]}); they are generated again.", file=sys.stderr)  # fmt: skip
-        if quality_settings(run)[0]:
-            keep_features_of(run_dir, quality_settings(run)[1])
+        if quality_on:
+            keep_features_of(run_dir, extractor_name)
     todo = [s for s in specs if s.index not in done]
 
     generator = make_generator(run, "cpu", home)
@@ -331,9 +336,6 @@ def _run_job(run: RunConf, cfg: DictConfig, run_dir: Path, group: str | None) ->
     overhead: dict[str, float] = {}
     if todo:
         start, before = time.perf_counter(), len(records)
-        extractor = None
-        if quality_settings(run)[0]:  # each rank extracts its samples' features as it makes them
-            extractor = make_extractor(quality_settings(run)[1], home)
         rank, world_size = generate_samples(run, run_dir, generator, todo, extractor)
         if rank != 0:
             return {}
@@ -374,8 +376,8 @@ def _run_job(run: RunConf, cfg: DictConfig, run_dir: Path, group: str | None) ->
         flops, detail = flops_metrics(run, specs, home)
         metrics.update(flops)
         (run_dir / "flops.json").write_text(json.dumps(detail, indent=2))
-    if quality_settings(run)[0]:
-        metrics.update(quality_metrics(run, run_dir, specs, home))
+    if quality_on:
+        metrics.update(quality_metrics(run, run_dir, specs, home, extractor))
     speedup = run.metrics.speedup.enabled
     if speedup is True or (speedup == "auto" and is_accelerated(run)):
         if run.hardware.accelerator in ("gpu", "cuda") and torch.cuda.is_available():

@@ -10,7 +10,7 @@ from PIL import Image
 
 from lazygen.callbacks.writer import sample_png
 from lazygen.data.specs import build_specs
-from lazygen.outputs import grid_indices, image_chunks, image_grid, write_samples_npz
+from lazygen.outputs import grid_indices, image_grid, read_sample, write_samples_npz
 
 SIDE = 64
 
@@ -28,7 +28,7 @@ def _run_dir(tmp_path: Path, n: int) -> tuple[Path, list]:
 
 def test_the_streamed_npz_equals_np_savez_and_holds_one_image_at_a_time(tmp_path):
     run_dir, specs = _run_dir(tmp_path, 200)
-    images = np.concatenate(list(image_chunks(run_dir, specs, 32)))
+    images = np.stack([read_sample(run_dir, s.index) for s in specs])
     tracemalloc.start()
     write_samples_npz(run_dir / "samples.npz", run_dir, specs)
     peak = tracemalloc.get_traced_memory()[1]
@@ -44,7 +44,7 @@ def test_the_streamed_npz_equals_np_savez_and_holds_one_image_at_a_time(tmp_path
 
 def test_the_grid_of_a_selection_equals_the_grid_of_all_images(tmp_path):
     run_dir, specs = _run_dir(tmp_path, 30)
-    images = np.concatenate(list(image_chunks(run_dir, specs, 7)))
+    images = np.stack([read_sample(run_dir, s.index) for s in specs])
     labels = [s.label for s in specs]
     shown = grid_indices(labels, 20)
     assert [labels[i] for i in shown] == sorted(labels[i] for i in shown)  # one row per class, ascending
