@@ -8,6 +8,7 @@ and better than every other point) drawn as a step line, the baseline a black st
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 from lazygen.errors import LazygenError
@@ -18,6 +19,7 @@ FID_KEY, LATENCY_KEY = "quality/fid", "perf/latency_s_per_img"
 MARKERS = "osD^v<>pXhP*"
 FIGURE_SIZE = (11, 8)
 DPI = 150
+LEGEND_WRAP_CHARS = 36  # legend labels (a method's settings) are wrapped to fit the right margin
 
 
 def pareto_front(points: list[tuple[float, float]], maximise_y: bool) -> list[int]:
@@ -87,9 +89,10 @@ def plot_pareto(points: list[dict], out_dir: Path, title: str) -> list[Path]:
     for ax in (a for row in axes for a in row):
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             legend.setdefault(label, handle)
-    fig.legend(list(legend.values()), list(legend), loc="center right", fontsize="small", frameon=False)
+    labels = [textwrap.fill(label, LEGEND_WRAP_CHARS) for label in legend]  # long settings stay in the margin
+    fig.legend(list(legend.values()), labels, loc="center right", fontsize="small", frameon=False)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 0.78, 0.96))
+    fig.tight_layout(rect=(0, 0, 0.74, 0.96))
     paths = [out_dir / name for name in PLOT_FILES]
     for path in paths:
         fig.savefig(path, dpi=DPI)
