@@ -276,6 +276,9 @@ def cache_metrics(records: list[dict]) -> tuple[dict[str, float], dict]:
         metrics["cache/head_full_frac"] = total.head_full_evals / total.head_evals
     if total.context_tokens:  # causal models: the share of cached image tokens that attention saw
         metrics["cache/attended_frac"] = total.attended_tokens / total.context_tokens
+    calls = [(r["cache"].get("model_calls", 0), len(r["indices"])) for r in records if r.get("cache")]
+    if any(n for n, _ in calls):  # every image waits for all of its batch's forward passes
+        metrics["perf/model_calls_per_img"] = sum(n * k for n, k in calls) / sum(k for _, k in calls)
     if total.kv_cache_bytes:
         metrics["mem/kv_cache_bytes"] = float(total.kv_cache_bytes)
         metrics["mem/kv_cache_bytes_per_img"] = total.kv_cache_bytes_per_img
@@ -289,6 +292,15 @@ def cache_metrics(records: list[dict]) -> tuple[dict[str, float], dict]:
         },
     }
     return metrics, detail
+
+
+def sampler_counters(records: list[dict]) -> dict[str, list[int]]:
+    """The sampler's own counters (e.g. SJD's drafts tested and accepted) summed over every batch."""
+    total = CacheStats()
+    for r in records:
+        for name, values in (r.get("cache") or {}).get("sampler", {}).items():
+            total.add_sampler(name, values)
+    return total.sampler
 
 
 def run_name(run: RunConf, tag: str) -> str:
@@ -372,6 +384,11 @@ def _run_job(run: RunConf, cfg: DictConfig, run_dir: Path, group: str | None) ->
 
         plot_recompute_heatmap(cache_detail["recompute_frac_by_layer_step"], run_dir / "cache.png",
                                f"{run_name(run, generator.policy.tag)}: work recomputed")  # fmt: skip
+    counters = sampler_counters(records)
+    if counters and hasattr(generator.sampler, "report"):
+        sampler_report, sampler_detail = generator.sampler.report(counters)
+        metrics.update(sampler_report)
+        (run_dir / "sampler.json").write_text(json.dumps(sampler_detail, indent=2))
     if run.metrics.flops.enabled:
         flops, detail = flops_metrics(run, specs, home)
         metrics.update(flops)

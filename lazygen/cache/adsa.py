@@ -161,6 +161,10 @@ class BoundedKV:
         self.filled = 0  # occupied slots (equal for every row and head)
         self.queue = torch.empty(rows, heads, 0, dtype=torch.long, device=device)  # slots to evict next
         self.queued = 0
+        self.newest = -1  # the highest position written so far
+        # set by the first rollback or out-of-order write (parallel decoders): slots may be empty (pos -1)
+        # anywhere and hold positions in any order, so every write picks its slot and attention is masked
+        self.general = False
 
     @property
     def nbytes(self) -> int:
@@ -168,8 +172,12 @@ class BoundedKV:
 
     def update(
         self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, None]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         rows, heads, t, _ = k.shape
+        appending = int(pos[0]) >= self.newest + 1 and (t == 1 or self.filled + t <= self.k.shape[2])
+        if self.general or not appending:
+            return self._update_general(k, v, pos)
+        self.newest = int(pos[-1])
         if self.filled + t <= self.k.shape[2]:  # not full: exactly the baseline's append
             end = self.filled + t
             self.k[:, :, self.filled : end] = k.to(self.k.dtype)
@@ -192,6 +200,74 @@ class BoundedKV:
             self.pos.scatter_(2, slot, int(pos[0]))
         self.policy.record(self.filled - self.n_cond, int(pos[-1]) - self.n_cond + 1, rows)
         return self.k[:, :, : self.filled], self.v[:, :, : self.filled], None
+
+    def truncate(self, length: int) -> None:
+        """Free the slots of every entry at a position >= ``length`` (evictions they caused are final)."""
+        self.general = True
+        self.pos.masked_fill_(self.pos >= length, -1)
+        self.newest = min(self.newest, length - 1)
+
+    def _update_general(
+        self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Write the new tokens (a position already held is replaced in place; the others take empty slots,
+        then the most redundant previous tokens' of one ranking), then attend under a mask: an entry is
+        visible to a query at or after its position."""
+        if not self.general:  # the first such write: the slots past the high-water mark are empty
+            self.pos[:, :, self.filled :] = -1
+            self.filled, self.general = self.k.shape[2], True
+        positions = pos.tolist()
+        present = (self.pos.long()[..., None] == pos.to(self.pos.device)).flatten(0, 2).any(0)  # (T,)
+        held = (
+            present.nonzero().flatten().tolist() if self.pos.device.type != "meta" else []
+        )  # ZipAR's stand-ins
+        fresh = [j for j in range(len(positions)) if j not in held]
+        if fresh:
+            slots = self._free_slots(len(fresh), min(positions[j] for j in fresh))  # (R, H, n)
+            self._write(slots, k[:, :, fresh], v[:, :, fresh], pos[fresh])
+        for j in held:
+            entry = self.pos.long()
+            same = entry == positions[j]
+            slot = torch.where(same.any(-1), same.int().argmax(-1), self._free_slots(1, positions[j])[..., 0])
+            self._write(slot[..., None], k[:, :, j : j + 1], v[:, :, j : j + 1], pos[j : j + 1])
+        self.newest = max(self.newest, int(pos.max()))
+        query = pos.to(self.pos.device)
+        entry = self.pos.long()
+        visible = (entry[:, :, None, :] >= 0) & (
+            entry[:, :, None, :] <= query[None, None, :, None]
+        )  # (R,H,T,S)
+        if self.pos.device.type != "meta":  # a shape-only (FLOP counting) pass has no entries to count
+            image = visible[..., self.n_cond :].sum(-1, dtype=torch.long)  # per (row, head, query)
+            cached = int((pos - self.n_cond + 1).clamp(min=0).sum())
+            self.policy.record(float(image.float().mean(1).sum(-1).mean()), cached, k.shape[0])
+        return self.k, self.v, visible
+
+    def _write(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> None:
+        """Entries (R, H, n, d) at positions ``pos`` (n,) into ``slots`` (R, H, n)."""
+        v = v.to(self.v.dtype)
+        index = slots[..., None].expand_as(v)
+        self.k.scatter_(2, index, k.to(self.k.dtype))
+        self.v.scatter_(2, index, v)
+        self.inv_norm.scatter_(2, slots, inverse_norms(v))
+        self.pos.scatter_(2, slots, pos.to(self.pos.device, self.pos.dtype)[None, None].expand_as(slots))
+
+    def _free_slots(self, n: int, current: int) -> torch.Tensor:
+        """(R, H, n) distinct slots for new tokens from position ``current`` on: empty image slots first, then
+        the most redundant previous tokens; only if those run short, the oldest other image tokens (local,
+        then prefix). Condition slots are never taken."""
+        entry = self.pos.long()
+        image = torch.arange(entry.shape[-1], device=entry.device) >= self.n_cond
+        empty = (entry < 0) & image
+        scores = self.policy.eviction_scores(
+            self.v, entry, current, self.inv_norm
+        )  # -inf off the previous region
+        big = 1e12
+        beyond_prefix = entry >= self.n_cond + self.policy.prefix
+        key = torch.where(beyond_prefix, big + entry.float(), 2 * big + entry.float())
+        key = torch.where(torch.isfinite(scores), -scores, key)
+        key = torch.where(empty, -2 * big + image.float().cumsum(0), key)
+        key = key.masked_fill(~image, float("inf"))
+        return key.topk(n, dim=-1, largest=False).indices
 
 
 class SparseKV:
@@ -270,9 +346,19 @@ class ADSAPolicy(CachePolicy):
         self.stats.full_steps += 1  # the caches count what each layer attends to (record)
         return model.step(tokens, pos, caches)
 
-    def record(self, attended: int, cached: int, rows: int) -> None:
+    def decode_many(
+        self, model, tokens: torch.Tensor, pos: torch.Tensor, caches: list, ctx: StepContext
+    ) -> torch.Tensor:
+        if self.conf.mode != "dynamic":
+            raise ValueError(
+                "cache.mode=sparse selects per single-token step; parallel decoders need dynamic"
+            )
+        self.stats.full_steps += 1
+        return model.decode(tokens, pos, caches)
+
+    def record(self, attended: float, cached: int, rows: int) -> None:
         """One layer's attention at one step: image tokens attended vs. those a full cache would hold."""
-        self.stats.attended_tokens += rows * attended
+        self.stats.attended_tokens += round(rows * attended)
         self.stats.context_tokens += rows * cached
 
     # ---- ranking ---------------------------------------------------------------------------------------
@@ -300,12 +386,18 @@ class ADSAPolicy(CachePolicy):
         n = ``rank_every`` (capped by the previous region's size): queued slots stay previous tokens until
         they are overwritten, because a token only leaves the previous region by eviction.
         """
-        previous, reference = self._regions(pos, new_pos)  # never empty: budget > prefix + local (check)
-        scores = self._rank(values, previous, reference, pos, inv_norm)
+        scores = self.eviction_scores(values, pos, new_pos, inv_norm)  # budget > prefix + local (check)
         n = min(self.conf.rank_every, pos.shape[-1] - self.n_cond - self.prefix - self.local)
         if n == 1:
             return scores.argmax(dim=-1, keepdim=True)  # ties: the lowest slot
         return scores.topk(n, dim=-1).indices
+
+    def eviction_scores(
+        self, values: torch.Tensor, pos: torch.Tensor, new_pos: int, inv_norm: torch.Tensor
+    ) -> torch.Tensor:
+        """(R, H, slots): larger = evict first; -inf outside the previous region of ``new_pos``."""
+        previous, reference = self._regions(pos, new_pos)
+        return self._rank(values, previous, reference, pos, inv_norm)
 
     def choose_previous(self, values: torch.Tensor, length: int) -> torch.Tensor:
         """Sparse mode: the ``budget - prefix - local`` least redundant previous slots (R, H, K)."""

@@ -59,6 +59,10 @@ class CacheStats:
     context_tokens: int = 0
     kv_cache_bytes: int = 0
     kv_cache_bytes_per_img: float = 0.0
+    # sequential forward passes of the generator network in this generation (every image of the batch
+    # waits for all of them), and sampler-specific counters: lists add up element-wise across batches
+    model_calls: int = 0
+    sampler: dict[str, list[int]] = field(default_factory=dict)
 
     def count(self, layer: str, step: int, recomputed: int, total: int) -> None:
         """Record one layer's work at one step."""
@@ -71,8 +75,10 @@ class CacheStats:
     def merge(self, other: CacheStats) -> None:
         """Add another generation's counters (e.g. another batch's) to these."""
         for name in ("full_steps", "reused_steps", "recomputed_tokens", "total_tokens", "head_evals",
-                     "head_full_evals", "attended_tokens", "context_tokens"):  # fmt: skip
+                     "head_full_evals", "attended_tokens", "context_tokens", "model_calls"):  # fmt: skip
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name, values in other.sampler.items():
+            self.add_sampler(name, values)
         self.kv_cache_bytes = max(self.kv_cache_bytes, other.kv_cache_bytes)
         self.kv_cache_bytes_per_img = max(self.kv_cache_bytes_per_img, other.kv_cache_bytes_per_img)
         for layer, (recomputed, total) in other.by_layer.items():
@@ -82,6 +88,13 @@ class CacheStats:
         for layer, steps in other.by_layer_step.items():
             for step, (recomputed, total) in enumerate(steps):
                 self._add(self._step(step, self.by_layer_step.setdefault(layer, [])), recomputed, total)
+
+    def add_sampler(self, name: str, values: list[int]) -> None:
+        """Add a sampler counter series element-wise (the longer series sets the length)."""
+        series = self.sampler.setdefault(name, [])
+        series.extend([0] * (len(values) - len(series)))
+        for i, value in enumerate(values):
+            series[i] += int(value)
 
     def _step(self, step: int, series: list[list[int]] | None = None) -> list[int]:
         series = self.by_step if series is None else series
@@ -172,6 +185,22 @@ class CachePolicy:
         self.stats.attended_tokens += cached
         self.stats.context_tokens += cached
         return model.step(tokens, pos, caches)
+
+    def decode_many(
+        self, model, tokens: torch.Tensor, pos: torch.Tensor, caches: list, ctx: StepContext
+    ) -> torch.Tensor:
+        """Logits (R, T, V) of one forward over several new tokens (R, T) at ascending positions ``pos`` (T,)
+        (parallel decoders: a draft window, or one token per row in flight)."""
+        self.stats.full_steps += 1
+        cached = sum(int(p) + 1 - model.cls_token_num for p in pos) * tokens.shape[0] * len(caches)
+        self.stats.attended_tokens += cached
+        self.stats.context_tokens += cached
+        return model.decode(tokens, pos, caches)
+
+    def rollback(self, caches: list, length: int) -> None:
+        """Forget every cached entry at a position >= ``length`` (rejected drafts)."""
+        for cache in caches:
+            cache.truncate(length)
 
 
 NoCache = CachePolicy

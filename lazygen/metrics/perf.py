@@ -1,8 +1,9 @@
 """Latency from the writer's batch records, and FLOPs per image from a counting pass.
 
 FLOPs are counted with ``FlopCounterMode`` (2 x MACs, CFG doubling and the diffusion head included). For
-policies whose work does not depend on tensor values the pass runs on the meta device: exact, and
-instant even for MAR-H. Otherwise it runs one real batch.
+samplers and policies whose work does not depend on tensor values the pass runs on the meta device: exact,
+and instant even for MAR-H. Otherwise (SJD: the passes depend on the accepted drafts) it runs one real
+batch of ``metrics.flops.num_images`` images and counts what that batch did.
 """
 
 from __future__ import annotations
@@ -175,7 +176,12 @@ def measure_flops(
 ) -> FlopReport:
     """FLOPs per image of sampling (transformer + diffusion head) and of decoding, counted separately."""
     gen_probe = make_generator("meta") if mode in ("auto", "meta") else None
-    if gen_probe is not None and (mode == "meta" or gen_probe.policy.static_shapes):
+    static = (
+        gen_probe is not None
+        and gen_probe.policy.static_shapes
+        and getattr(gen_probe.sampler, "static_shapes", True)
+    )
+    if gen_probe is not None and (mode == "meta" or static):
         generator, device = gen_probe, "meta"
     else:
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -64,7 +64,7 @@ def check_ar(s: ARSamplerConf, run) -> None:
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """(R, V) logits with -inf outside the top-k (ties kept) and outside the nucleus; the token that
+    """(..., V) logits with -inf outside the top-k (ties kept) and outside the nucleus; the token that
     crosses ``top_p`` and the top-1 are always kept (the official HF-style filter)."""
     if top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1:]
@@ -73,8 +73,22 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
         ranked, order = torch.sort(logits, descending=True)
         beyond = F.softmax(ranked, dim=-1).cumsum(dim=-1) > top_p
         drop = torch.cat([torch.zeros_like(beyond[..., :1]), beyond[..., :-1]], dim=-1)
-        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return logits
+
+
+def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """One token per distribution: probs (..., V), uniforms (...) in [0, 1) -> ids (...), in float64 so the
+    draw of a seeded uniform does not depend on how the distributions were batched."""
+    cdf = probs.double().cumsum(dim=-1)
+    target = uniforms.to(cdf.dtype)[..., None] * cdf[..., -1:]
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+
+
+def guided_token(index: int, cfg_interval: int) -> bool:
+    """Whether image token ``index`` is sampled with guidance: the first always, token i (fed at decode step
+    i - 1) while ``cfg_interval`` is -1 or i - 1 <= cfg_interval (the official rule)."""
+    return index == 0 or cfg_interval == -1 or index - 1 <= cfg_interval
 
 
 class TokenDraws:
@@ -98,9 +112,7 @@ class PerSampleDraws(TokenDraws):
         self.uniforms = torch.stack(uniforms).to(device, torch.float64)  # (B, L)
 
     def draw(self, probs: torch.Tensor, step: int) -> torch.Tensor:
-        cdf = probs.double().cumsum(dim=-1)
-        target = self.uniforms[:, step : step + 1] * cdf[:, -1:]
-        return torch.searchsorted(cdf, target, right=True).clamp_(max=probs.shape[-1] - 1)
+        return inverse_cdf(probs, self.uniforms[:, step])[:, None]
 
 
 @register("sampler", "ar", schema=ARSamplerConf, families=("llamagen",), check=check_ar)
@@ -118,9 +130,19 @@ class ARSampler:
         cond, uncond = last.chunk(2)
         return uncond + (cond - uncond) * self.conf.cfg if guide else cond
 
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+    def guided_positions(self, logits: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+        """Every position's logits of [cond; uncond] rows (2B, T, V) -> (B, T, V), guided where ``guide`` (T,)
+        is True and conditional elsewhere; cond alone when CFG is off."""
+        logits = logits.float()
+        if self.conf.cfg == 1.0:
+            return logits
+        cond, uncond = logits.chunk(2)
+        mixed = uncond + (cond - uncond) * self.conf.cfg
+        return torch.where(guide.to(logits.device)[None, :, None], mixed, cond)
+
+    def probabilities(self, logits: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         c = self.conf
-        scaled = logits / max(c.temperature, TEMPERATURE_FLOOR)
+        scaled = logits / max(c.temperature if temperature is None else temperature, TEMPERATURE_FLOOR)
         if c.top_k > 0 or c.top_p < 1.0:
             scaled = filter_logits(scaled, c.top_k, c.top_p)
         return F.softmax(scaled, dim=-1)
@@ -152,6 +174,7 @@ class ARSampler:
         host = device if device.type == "meta" else torch.device("cpu")  # shape-only runs stay on meta
         out = torch.empty(batch, length, dtype=torch.long, device=host, pin_memory=device.type == "cuda")
         guide = True
+        policy.stats.model_calls += length  # the prefill, then one pass per further token
         token = draws.draw(self.probabilities(self.guided(model.prefill(rows, caches), guide)), 0)  # (B, 1)
         out[:, :1].copy_(token, non_blocking=True)
         for step in range(length - 1):  # decode step i feeds token i at position cls + i

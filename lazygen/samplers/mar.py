@@ -172,6 +172,7 @@ class MARSampler:
             ctx = StepContext(step, self.conf.num_iter, prev, predicted, cfg_on, self.refresh_at(step))
             x_in = torch.cat([tokens, tokens]) if cfg_on else tokens
             known_in = torch.cat([known, known]) if cfg_on else known
+            policy.stats.model_calls += 1  # one transformer pass per step (the head's chain follows it)
             z = policy.transformer(model, x_in, model.visible_rows(known_in), cond, ctx)
             pred_in = torch.cat([predicted, predicted]) if cfg_on else predicted
             z_pred = z.gather(1, pred_in.unsqueeze(-1).expand(-1, -1, z.shape[-1]))  # (B or 2B, n, D)

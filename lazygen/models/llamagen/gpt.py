@@ -186,11 +186,13 @@ class LayerKV(Protocol):
     """One layer's cache. The model calls ``update`` once per forward of that layer.
 
     ``k``, ``v``: (B, n_kv_head, T_new, head_dim) for the new positions, keys already rotated; ``pos``:
-    (T_new,) their absolute positions (CPU, ascending). Returns the keys and values to attend to
-    (B, n_kv_head, M, head_dim) and an optional boolean mask (B or 1, 1, T_new, M), True = may attend.
-    A ``None`` mask means: every returned entry is visible; with T_new > 1 the new entries must then be
-    the last T_new returned, and are causal among themselves (one new entry may sit in any slot). ``nbytes`` is every byte the cache holds (memory
-    metrics read it).
+    (T_new,) their absolute positions (CPU, ascending; not necessarily contiguous, and a position may be
+    written again, which replaces its entry). Returns the keys and values to attend to
+    (B, n_kv_head, M, head_dim) and an optional boolean mask (B or 1, 1 or n_kv_head, T_new, M), True = may
+    attend. A ``None`` mask means: every returned entry is visible; with T_new > 1 the new entries must then
+    be the last T_new returned, and are causal among themselves (one new entry may sit in any slot).
+    ``truncate(length)`` forgets every entry at a position >= ``length`` (parallel decoders roll rejected
+    drafts back with it). ``nbytes`` is every byte the cache holds (memory metrics read it).
     """
 
     @property
@@ -198,12 +200,17 @@ class LayerKV(Protocol):
 
     def update(self, k: Tensor, v: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor | None]: ...
 
+    def truncate(self, length: int) -> None: ...
+
 
 class DenseKV:
     """The full cache: preallocated buffers, slot = absolute position, as the official KVCache.
 
-    Attention sees the written prefix ``[0, length)`` with a causal mask (slot <= query position), so
-    rewinding to an earlier position is safe: later stale slots stay masked.
+    Attention sees the written slots up to the query's position. In raster decoding every slot below the
+    newest is written, so no mask is needed (SDPA's fast path). After a rollback (``truncate``) or with
+    non-contiguous writes (next-set decoding) the mask hides slots above each query and, unless
+    ``attend_unwritten`` is set, slots never written: the official static cache instead lets queries see
+    those slots' zero keys and values (an exp(0) share of the softmax mass each; ZipAR's official code).
     """
 
     def __init__(
@@ -217,7 +224,10 @@ class DenseKV:
     ) -> None:
         self.k = torch.zeros(batch, n_kv_head, max_len, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
-        self.length = 0
+        self.written = torch.zeros(max_len, dtype=torch.bool)  # bookkeeping on the host, like positions
+        self.length = 0  # one past the highest written slot
+        self.count = 0  # written slots below ``length``
+        self.attend_unwritten = False
 
     @property
     def max_len(self) -> int:
@@ -229,7 +239,13 @@ class DenseKV:
 
     def reset(self) -> None:
         """Forget every entry (the buffers are reused by the next generation)."""
-        self.length = 0
+        self.truncate(0)
+
+    def truncate(self, length: int) -> None:
+        if length < self.length:
+            self.written[length:] = False
+            self.length = length
+            self.count = int(self.written[:length].sum())
 
     def update(self, k: Tensor, v: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         end = int(pos.max()) + 1
@@ -239,12 +255,23 @@ class DenseKV:
         self.k[:, :, slots] = k.to(self.k.dtype)
         self.v[:, :, slots] = v.to(self.v.dtype)
         rewound = end < self.length  # stale later slots must be masked out
-        self.length = max(self.length, end)
+        contiguous = int(pos[0]) == self.length and end - self.length == len(pos)
+        if not contiguous or self.count < self.length:  # a write in or past a hole: recount
+            self.written[pos] = True
+            self.length = max(self.length, end)
+            self.count = int(self.written[: self.length].sum())
+        else:
+            self.written[self.length : end] = True
+            self.count += end - self.length
+            self.length = end
         keys, values = self.k[:, :, : self.length], self.v[:, :, : self.length]
-        if not rewound:  # the usual case: every older entry visible, the new ones causal (SDPA's fast path)
-            return keys, values, None
-        visible = torch.arange(self.length, device=self.k.device)[None, :] <= slots[:, None]  # (T_new, M)
-        return keys, values, visible[None, None]
+        holes = self.count < self.length and not self.attend_unwritten
+        if not rewound and not holes and (contiguous or len(pos) == 1):
+            return keys, values, None  # the usual case: the new rows last, causal (SDPA's fast path)
+        visible = torch.arange(self.length)[None, :] <= pos[:, None]  # (T_new, M)
+        if holes:
+            visible &= self.written[None, : self.length]
+        return keys, values, visible[None, None].to(self.k.device)
 
 
 # ---- network -------------------------------------------------------------------------------------------
@@ -302,6 +329,8 @@ class Attention(nn.Module):
         groups = self.n_head // self.n_kv_head
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            if mask is not None and mask.shape[1] > 1:  # a mask per KV head
+                mask = mask.repeat_interleave(groups, dim=1)
         k, v = k.to(q.dtype), v.to(q.dtype)
         t, m = q.shape[2], k.shape[2]
         if mask is None and 1 < t < m:  # new rows causal among themselves, every older entry visible
