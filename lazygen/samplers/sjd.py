@@ -129,6 +129,11 @@ class SJDSampler(ARSampler):
         }
         return metrics, detail
 
+    @staticmethod
+    def acceptance_probability(p_draft: torch.Tensor, q_draft: torch.Tensor) -> torch.Tensor:
+        """Speculative sampling's test: keep a draft with probability min(1, p(d) / q(d))."""
+        return (p_draft / q_draft).clamp(max=1)
+
     def residual(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """Where a rejected draft's position resamples from: max(0, p - q), renormalised."""
         res = (p - q).clamp_(min=0)
@@ -216,9 +221,9 @@ class SJDSampler(ARSampler):
             p = probs.gather(1, column.clamp(max=width - 1)[..., None].expand(-1, -1, vocab))  # (B, W, V)
             fresh = inverse_cdf(p, u[:, 0])  # (B, W)
             d = drafts  # (B, W - 1): draft j for position a_b + j, checked against p[:, j]
-            ratio = p[:, :-1].gather(2, d[..., None]).squeeze(-1) / q.gather(2, d[..., None]).squeeze(-1)
+            chance = self.acceptance_probability(p[:, :-1].gather(2, d[..., None]), q.gather(2, d[..., None]))
             checked = arange_w[None, : window - 1] < (span - 1)[:, None]
-            reject = checked & (u[:, 1, : window - 1] >= ratio.clamp(max=1))
+            reject = checked & (u[:, 1, : window - 1] >= chance.squeeze(-1))
             first_reject = torch.where(reject.any(1), reject.int().argmax(1), span - 1)  # c_b: drafts kept
             rejected = first_reject < span - 1
             resid = self.residual(p[:, :-1], q).gather(

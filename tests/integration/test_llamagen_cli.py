@@ -44,3 +44,30 @@ def test_full_budget_adsa_reproduces_the_baseline_images(tmp_path):
         json.loads((base / "metrics.json").read_text())["mem/kv_cache_bytes_per_img"]
         == 2 * 2 * 2 * 32 * 4 * 257
     )
+
+
+def test_parallel_decoders_report_passes_acceptance_and_flops(tmp_path):
+    """sampler=sjd and sampler=zipar (with the bounded cache): model calls per image for every sampler,
+    SJD's acceptance overall and per draft slot in sampler.json, FLOPs of SJD counted on a real batch."""
+    runs = {"ar": [], "sjd": ["sampler=sjd", "sampler.window=4"], "zipar": ["method=zipar_adsa", "cache.budget=64"]}
+    metrics = {}
+    for name, extra in runs.items():
+        proc = cli(*SMALL, *extra, "metrics.speedup.num_images=2", f"hydra.run.dir={tmp_path / name}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        metrics[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert metrics["ar"]["perf/model_calls_per_img"] == 256
+    assert metrics["zipar"]["perf/model_calls_per_img"] == 2 * 16 + 14 * 8  # 144
+    assert metrics["zipar"]["mem/kv_cache_bytes_per_img"] < metrics["ar"]["mem/kv_cache_bytes_per_img"]
+    sjd = metrics["sjd"]
+    assert 0 <= sjd["sampler/accept_rate"] <= 1 and sjd["perf/model_calls_per_img"] <= 256
+    detail = json.loads((tmp_path / "sjd" / "sampler.json").read_text())
+    assert len(detail["accept_rate_by_draft_slot"]) == 3 and detail["drafts_tested_by_slot"][0] > 0
+    # every pass verifies a window of 4: more FLOPs than one token per pass, counted, not estimated
+    assert sjd["flops/tflops_per_img"] > sjd["flops/baseline_tflops_per_img"]
+    assert "sampler/accept_rate" not in metrics["zipar"]
+
+
+def test_parallel_decoder_with_sparse_adsa_is_refused(tmp_path):
+    proc = cli(*SMALL, "sampler=sjd", "cache=adsa", "cache.mode=sparse", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2
+    assert "cache.mode=dynamic" in proc.stderr and "Traceback" not in proc.stderr
