@@ -38,7 +38,10 @@ COLUMNS = (  # (header, metrics key, format, scale)
     ("recompute", "cache/recompute_frac", "{:.3f}", 1),
     ("attended", "cache/attended_frac", "{:.3f}", 1),
     ("KV MiB/img", "mem/kv_cache_bytes_per_img", "{:.3f}", 1 / MIB),
+    ("model calls/img", "perf/model_calls_per_img", "{:.1f}", 1),
+    ("accept rate", "sampler/accept_rate", "{:.3f}", 1),
     ("s/img", "perf/latency_s_per_img", "{:.3f}", 1),
+    ("wall speedup vs its baseline", "perf/speedup", "{:.2f}", 1),
 )
 
 

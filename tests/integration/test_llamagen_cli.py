@@ -49,7 +49,11 @@ def test_full_budget_adsa_reproduces_the_baseline_images(tmp_path):
 def test_parallel_decoders_report_passes_acceptance_and_flops(tmp_path):
     """sampler=sjd and sampler=zipar (with the bounded cache): model calls per image for every sampler,
     SJD's acceptance overall and per draft slot in sampler.json, FLOPs of SJD counted on a real batch."""
-    runs = {"ar": [], "sjd": ["sampler=sjd", "sampler.window=4"], "zipar": ["method=zipar_adsa", "cache.budget=64"]}
+    runs = {
+        "ar": [],
+        "sjd": ["sampler=sjd", "sampler.window=4"],
+        "zipar": ["method=zipar_adsa", "cache.budget=64"],
+    }
     metrics = {}
     for name, extra in runs.items():
         proc = cli(*SMALL, *extra, "metrics.speedup.num_images=2", f"hydra.run.dir={tmp_path / name}")

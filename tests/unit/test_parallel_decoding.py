@@ -228,3 +228,26 @@ def test_sjd_keeps_ar_token_marginals(model):
     ar = sample(ARSampler(ARSamplerConf(**conf)), 0)
     assert marginals_p_value(ar, sample(SJDSampler(SJDSamplerConf(**conf)), 10_000)) > 0.01
     assert marginals_p_value(ar, sample(WrongTestSJD(SJDSamplerConf(**conf)), 20_000)) < 0.01
+
+
+# ---- every LlamaGen -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["llamagen_b", "llamagen_l", "llamagen_xl", "llamagen_xxl", "llamagen_3b"])
+def test_every_llamagen_composes_with_parallel_decoding_and_adsa(name):
+    from hydra import compose, initialize_config_dir
+
+    from lazygen.config import validate
+    from tests.conftest import REPO
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        for method in ("sjd", "zipar", "sjd_adsa", "zipar_adsa"):
+            run_conf = validate(compose("config", overrides=[f"model={name}", f"method={method}"]))
+            assert run_conf.sampler.num_iter == 576 and run_conf.sampler.baseline(576).name == "ar"
+
+
+def test_zipar_on_a_24x24_grid_takes_224_passes():
+    """LlamaGen at 384 px, window 8: 224 passes instead of 576 (the paper's LlamaGen count)."""
+    from lazygen.bench_parallel import static_calls
+
+    assert static_calls("llamagen_b", "none", ("sampler=zipar",)) == 224
+    assert static_calls("llamagen_b", "adsa", ("sampler=zipar",)) == 224
+    assert static_calls("llamagen_b", "none", ()) == 576
