@@ -4,7 +4,10 @@ Each cache policy and each accelerating sampler is composed, at its defaults, wi
 and ImageNet sizes; random weights on the meta device, nothing allocated) and set against that model's
 baseline (``cache=none`` with the model's own sampler). An option passes when it
 
-- changes the work (FLOPs per image) or the memory (KV-cache bytes per image) by more than ``TOLERANCE``;
+- changes the work (FLOPs per image), the memory (KV-cache bytes per image) or, on causal models, the
+  sequential forward passes per image by more than ``TOLERANCE``;
+- has value-dependent work (SJD: the passes depend on the accepted drafts), which the meta device cannot
+  count: it is listed as such and measured on real runs;
 - is refused with a :class:`~lazygen.errors.ConfigError` that says why (a MAR-only policy on LlamaGen);
 - warns (:class:`~lazygen.errors.ConfigWarning`) that it is capped or does nothing, naming the key; or
 - is declared to change something other than work or memory: a sampler or policy whose class sets
@@ -33,8 +36,11 @@ from lazygen.metrics.perf import measure_flops
 
 TOLERANCE = 0.01  # a relative change in FLOPs or KV bytes below this counts as none
 KV_DTYPE = torch.bfloat16  # the LlamaGen sampler's inference dtype, as bench_llamagen counts it
-OPTIONS = ("cache=lazymar", "cache=adsa", "sampler=steps", "sampler=halton", "sampler=gtr", "sampler=disa")
+OPTIONS = ("cache=lazymar", "cache=adsa", "sampler=steps", "sampler=halton", "sampler=gtr", "sampler=disa",
+           "sampler=sjd", "sampler=zipar")  # fmt: skip
 TINY_MODELS = ("tiny_mar", "tiny_llamagen")
+VALUE_DEPENDENT = ("its forward passes depend on which drafts are accepted, so it is measured on real runs "
+                   "(python -m lazygen.bench_parallel; sampler/accept_rate in every run)")  # fmt: skip
 BASELINE = "baseline"
 
 
@@ -57,6 +63,8 @@ class AuditRow:
     kv_bytes_per_img: int | None = None
     flop_ratio: float | None = None  # option / baseline
     kv_ratio: float | None = None
+    model_calls_per_img: int | None = None  # causal models: sequential forward passes
+    calls_ratio: float | None = None
     note: str = ""
 
 
@@ -82,16 +90,19 @@ def _compose(model: str, option: str) -> tuple[Generator, list[str]]:
     return gen, [str(w.message) for w in caught if issubclass(w.category, ConfigWarning)]
 
 
-def _cost(model: str, option: str, gen: Generator) -> tuple[float, int | None]:
-    """(TFLOPs per image, KV bytes per image or None for a model without a KV cache)."""
+def _cost(model: str, option: str, gen: Generator) -> tuple[float, int | None, int | None]:
+    """(TFLOPs per image, KV bytes per image, forward passes per image); the last two are None for a model
+    without a KV cache."""
     cache, extra = _overrides(option)
     if hasattr(gen.model, "new_caches"):  # a causal model: KV caches, equal layers
+        from lazygen.bench_parallel import static_calls
+
         tflops, _ = layer_extrapolated_flops(model, cache, extra)
-        return tflops, generator_kv_bytes(gen, 1, KV_DTYPE)
+        return tflops, generator_kv_bytes(gen, 1, KV_DTYPE), static_calls(model, cache, extra)
     report = measure_flops(
         lambda dev: generator_for(model, cache, None, dev, *extra), torch.tensor([0]), [0], "meta"
     )
-    return report.tflops_per_img, None
+    return report.tflops_per_img, None, None
 
 
 def _ratio(value: float | None, base: float | None) -> float | None:
@@ -113,7 +124,7 @@ def audit_model(model: str, options: tuple[str, ...] = OPTIONS, costs: bool = Tr
     gen, _ = _compose(model, BASELINE)
     base = AuditRow(model, BASELINE, BASELINE)
     if costs:
-        base.tflops_per_img, base.kv_bytes_per_img = _cost(model, BASELINE, gen)
+        base.tflops_per_img, base.kv_bytes_per_img, base.model_calls_per_img = _cost(model, BASELINE, gen)
     rows = [base]
     for option in options:
         try:
@@ -122,11 +133,19 @@ def audit_model(model: str, options: tuple[str, ...] = OPTIONS, costs: bool = Tr
             rows.append(AuditRow(model, option, "refused", note=str(exc)))
             continue
         row = AuditRow(model, option, "unmeasured", note=" ".join(advice))
+        if not getattr(
+            gen.sampler, "static_shapes", True
+        ):  # no meta-device count: its work depends on values
+            row.verdict, row.note = "value-dependent", VALUE_DEPENDENT
+            rows.append(row)
+            continue
         if costs:
-            row.tflops_per_img, row.kv_bytes_per_img = _cost(model, option, gen)
+            row.tflops_per_img, row.kv_bytes_per_img, row.model_calls_per_img = _cost(model, option, gen)
             row.flop_ratio = _ratio(row.tflops_per_img, base.tflops_per_img)
             row.kv_ratio = _ratio(row.kv_bytes_per_img, base.kv_bytes_per_img)
-        changed = any(r is not None and abs(r - 1) > TOLERANCE for r in (row.flop_ratio, row.kv_ratio))
+            row.calls_ratio = _ratio(row.model_calls_per_img, base.model_calls_per_img)
+        ratios = (row.flop_ratio, row.kv_ratio, row.calls_ratio)
+        changed = any(r is not None and abs(r - 1) > TOLERANCE for r in ratios)
         if advice:
             row.verdict = "warned"
         elif changed:
@@ -141,14 +160,15 @@ def audit_model(model: str, options: tuple[str, ...] = OPTIONS, costs: bool = Tr
 
 def markdown(rows: list[AuditRow]) -> str:
     """The audit as a table: FLOPs and KV bytes against each model's baseline, and why where unchanged."""
-    lines = ["| model | option | verdict | TFLOPs / image | × baseline | KV MiB / image | × baseline | why |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| model | option | verdict | TFLOPs / image | × baseline | KV MiB / image | × baseline | passes / image "
+             "| × baseline | why |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         flops = "" if r.tflops_per_img is None else f"{r.tflops_per_img:.4g}"
         kv = "" if r.kv_bytes_per_img is None else f"{r.kv_bytes_per_img / 2**20:.3f}"
-        why = r.note.split(". ")[0].rstrip(".") if r.verdict in ("refused", "warned", "declared") else ""
+        why = r.note.split(". ")[0].rstrip(".") if r.verdict not in ("changes", BASELINE) else ""
+        calls = "" if r.model_calls_per_img is None else str(r.model_calls_per_img)
         lines.append(f"| {r.model} | {r.option} | {r.verdict} | {flops} | {r.flop_ratio or ''} | {kv} | "
-                     f"{r.kv_ratio or ''} | {why} |")  # fmt: skip
+                     f"{r.kv_ratio or ''} | {calls} | {r.calls_ratio or ''} | {why} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -21,7 +21,7 @@ from lazygen.models.llamagen.gpt import LlamaGenArch
 from lazygen.models.mar.mar import MARArch
 from lazygen.models.synthetic import SyntheticModelConf
 from lazygen.models.vae.kl import KLArch
-from lazygen.registry import component, require_family
+from lazygen.registry import component, components, require_family
 from lazygen.samplers.mar import CFG_SCHEDULES, MARSamplerConf
 from lazygen.samplers.rng import RNG_PROTOCOLS
 
@@ -262,6 +262,12 @@ def validate(cfg: DictConfig) -> RunConf:
             "data group says which samples to generate. Use data=default and set data.num_images, "
             "data.labels or data.batch_size instead."
         )
+    family = cfg.model.get("family") if isinstance(cfg.get("model"), DictConfig) else None
+    if family in MODEL_FAMILIES:  # before resolving: another family's sampler may name keys this model lacks
+        for kind in ("sampler", "cache"):
+            name = cfg[kind].get("name") if isinstance(cfg.get(kind), DictConfig) else None
+            if isinstance(name, str) and name in components(kind):
+                require_family(kind, name, family, str(cfg.model.get("name")))
     try:
         groups = {g: typed_group(g, _schema(g, s, cfg[g]), cfg[g]) for g, s in GROUPS.items()}
         top = {k: cfg.get(k) for k in ("seed", "task_name", "sweep_name")}

@@ -29,6 +29,13 @@ def test_the_tiny_models_pass_the_audit_with_measured_savings() -> None:
     assert llamagen["cache=adsa"].verdict == "changes" and llamagen["cache=adsa"].kv_ratio < ADSA_SHARE_BOUND
     for option in ("cache=lazymar", "sampler=steps", "sampler=halton", "sampler=gtr", "sampler=disa"):
         assert llamagen[option].verdict == "refused", option
+    for option in ("sampler=sjd", "sampler=zipar"):
+        assert mar[option].verdict == "refused", option
+    zipar = llamagen["sampler=zipar"]  # the same tokens through the network, in 144 passes instead of 256
+    assert zipar.verdict == "changes" and zipar.model_calls_per_img == 144 and zipar.calls_ratio == 144 / 256
+    assert (
+        llamagen["sampler=sjd"].verdict == "value-dependent" and "real runs" in llamagen["sampler=sjd"].note
+    )
 
 
 def test_the_audit_flags_an_option_that_does_nothing() -> None:
@@ -59,7 +66,10 @@ def test_every_imagenet_model_composes_with_every_option(model: str) -> None:
         if row.verdict == "refused":
             assert "use " in row.note or "pick " in row.note, (option, row.note)
         else:
-            assert row.verdict in (BASELINE, "unmeasured", "declared"), (option, row.verdict, row.note)
+            assert row.verdict in (BASELINE, "unmeasured", "declared", "value-dependent"), (
+                option,
+                row.verdict,
+            )
     if model.startswith("llamagen_"):  # the default ADSA budget saves KV memory at every size
         full = generator_kv_bytes(generator_for(model, "none", None, "meta"), 1, KV_DTYPE)
         adsa = generator_kv_bytes(generator_for(model, "adsa", None, "meta"), 1, KV_DTYPE)

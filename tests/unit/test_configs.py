@@ -52,7 +52,19 @@ def test_experiment_presets_compose_and_validate(name):
             assert preset["hydra"]["sweeper"]["params"]["cache.rank_every"].split(",")[0] == "1"
 
 
-@pytest.mark.parametrize("name", METHODS)
+LLAMAGEN_METHODS = ("ar", "adsa", "sjd", "zipar", "sjd_adsa", "zipar_adsa")
+
+
+@pytest.mark.parametrize("name", LLAMAGEN_METHODS)
+def test_llamagen_methods_set_what_their_names_say(name):
+    run = validate(compose_cfg("model=tiny_llamagen", f"method={name}"))
+    sampler, _, cache = name.partition("_")
+    if name == "adsa":
+        sampler, cache = "ar", "adsa"
+    assert run.sampler.name == sampler and run.cache.name == (cache or "none")
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if m not in LLAMAGEN_METHODS])
 def test_methods_set_what_their_names_say(name):
     run = validate(compose_cfg("model=mar_b", f"method={name}"))
     *kind, steps = name.split("_")
