@@ -276,8 +276,8 @@ def cache_metrics(records: list[dict]) -> tuple[dict[str, float], dict]:
         metrics["cache/head_full_frac"] = total.head_full_evals / total.head_evals
     if total.context_tokens:  # causal models: the share of cached image tokens that attention saw
         metrics["cache/attended_frac"] = total.attended_tokens / total.context_tokens
-    calls = [(r["cache"].get("model_calls", 0), len(r["indices"])) for r in records if r.get("cache")]
-    if any(n for n, _ in calls):  # every image waits for all of its batch's forward passes
+    calls = [(r["cache"].get("model_calls", 0), len(r.get("indices", ()))) for r in records if r.get("cache")]
+    if any(n for n, _ in calls) and any(k for _, k in calls):  # each image waits for its batch's passes
         metrics["perf/model_calls_per_img"] = sum(n * k for n, k in calls) / sum(k for _, k in calls)
     if total.kv_cache_bytes:
         metrics["mem/kv_cache_bytes"] = float(total.kv_cache_bytes)
