@@ -101,6 +101,18 @@ class Uniforms:
         return out
 
 
+@dataclass
+class Verdict:
+    """One pass's outcome per image: the output tokens of every window slot and the distributions they
+    count as drawn from (B, W) / (B, W, V), the drafts kept (B,), and which tests rejected / ran (B, W - 1)."""
+
+    out: torch.Tensor
+    out_q: torch.Tensor
+    kept: torch.Tensor
+    reject: torch.Tensor
+    checked: torch.Tensor
+
+
 @register("sampler", "sjd", schema=SJDSamplerConf, families=("llamagen",), check=check_sjd)
 class SJDSampler(ARSampler):
     name = "sjd"
@@ -153,6 +165,34 @@ class SJDSampler(ARSampler):
             return tokens, torch.nn.functional.one_hot(tokens, vocab).float()
         tokens = (u * vocab).long().clamp_(max=vocab - 1)
         return tokens, torch.full((*tokens.shape, vocab), 1.0 / vocab)
+
+    def verify(self, p: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor, span: torch.Tensor,
+               u: torch.Tensor) -> Verdict:  # fmt: skip
+        """One pass's verification, per image: p (B, W, V) for its next W positions, drafts (B, W - 1) with
+        their q (B, W - 1, V) (draft j for position j, tested against p[:, j]), span (B,) positions in its
+        window, u its uniforms (B, STREAMS, W)."""
+        window = p.shape[1]
+        slots = torch.arange(window)
+        fresh = inverse_cdf(p, u[:, 0])  # (B, W): a sample of every output
+        chance = self.acceptance_probability(
+            p[:, :-1].gather(2, drafts[..., None]), q.gather(2, drafts[..., None])
+        )
+        checked = slots[None, :-1] < (span - 1)[:, None]
+        reject = checked & (u[:, 1, : window - 1] >= chance.squeeze(-1))
+        kept = torch.where(
+            reject.any(1), reject.int().argmax(1), span - 1
+        )  # drafts kept before the first reject
+        rejected = kept < span - 1
+        at = kept.clamp(max=window - 2)[:, None, None].expand(-1, 1, p.shape[-1])
+        resampled = inverse_cdf(
+            self.residual(p[:, :-1].gather(1, at), q.gather(1, at)).squeeze(1), u[:, 2, 0]
+        )
+        # outputs per slot: the kept drafts, then the resampled (or bonus) token, then fresh samples
+        before = slots[None, :-1] < kept[:, None]
+        out = torch.cat([torch.where(before, drafts, fresh[:, :-1]), fresh[:, -1:]], dim=1)
+        out = torch.where((kept[:, None] == slots[None, :]) & rejected[:, None], resampled[:, None], out)
+        out_q = torch.cat([torch.where(before[..., None], q, p[:, :-1]), p[:, -1:]], dim=1)
+        return Verdict(out, out_q, kept, reject, checked)
 
     @torch.no_grad()
     def sample(
@@ -219,30 +259,14 @@ class SJDSampler(ARSampler):
             # per image: p for its positions a_b .. a_b + window - 1 (columns a_b - 1 - start + k)
             column = (accepted - 1 - start)[:, None] + arange_w[None, :]
             p = probs.gather(1, column.clamp(max=width - 1)[..., None].expand(-1, -1, vocab))  # (B, W, V)
-            fresh = inverse_cdf(p, u[:, 0])  # (B, W)
-            d = drafts  # (B, W - 1): draft j for position a_b + j, checked against p[:, j]
-            chance = self.acceptance_probability(p[:, :-1].gather(2, d[..., None]), q.gather(2, d[..., None]))
-            checked = arange_w[None, : window - 1] < (span - 1)[:, None]
-            reject = checked & (u[:, 1, : window - 1] >= chance.squeeze(-1))
-            first_reject = torch.where(reject.any(1), reject.int().argmax(1), span - 1)  # c_b: drafts kept
-            rejected = first_reject < span - 1
-            resid = self.residual(p[:, :-1], q).gather(
-                1, first_reject.clamp(max=window - 2)[:, None, None].expand(-1, 1, vocab)
-            )
-            resampled = inverse_cdf(resid.squeeze(1), u[:, 2, 0])
-            # the pass's outputs per image slot k: kept drafts, then the resampled (or bonus) token, then fresh samples
-            out = torch.where(arange_w[None, :-1] < first_reject[:, None], d, fresh[:, :-1])
-            out = torch.cat([out, fresh[:, -1:]], dim=1)
-            at_c = first_reject[:, None] == arange_w[None, :]
-            out = torch.where(at_c & rejected[:, None], resampled[:, None], out)
-            out_q = torch.where((arange_w[None, :-1] < first_reject[:, None])[..., None], q, p[:, :-1])
-            out_q = torch.cat([out_q, p[:, -1:]], dim=1)
+            v = self.verify(p, drafts, q, span, u)
+            first_reject, reject, checked = v.kept, v.reject, v.checked
             keep = torch.where(fits, first_reject + 1, torch.zeros_like(first_reject))
             if c.acceptance == "batch_min":
                 keep = torch.where(fits, keep[fits].min(), keep)
             for b in fits.nonzero().flatten().tolist():
                 k = int(keep[b])
-                tokens[b, int(accepted[b]) : int(accepted[b]) + k] = out[b, :k]
+                tokens[b, int(accepted[b]) : int(accepted[b]) + k] = v.out[b, :k]
             # statistics: slots checked up to and including the first rejection
             checks = checked & (arange_w[None, : window - 1] <= first_reject[:, None]) & fits[:, None]
             verified += checks.sum(0)
@@ -253,8 +277,8 @@ class SJDSampler(ARSampler):
             carry = shift < span[:, None]
             last = tokens.gather(1, (accepted + keep - 1).clamp(max=length - 1)[:, None]).squeeze(1)
             new_tok, new_q = self.init_drafts(last, u[:, 3, : window - 1], vocab)
-            carried_tok = out.gather(1, shift.clamp(max=window - 1))
-            carried_q = out_q.gather(1, shift.clamp(max=window - 1)[..., None].expand(-1, -1, vocab))
+            carried_tok = v.out.gather(1, shift.clamp(max=window - 1))
+            carried_q = v.out_q.gather(1, shift.clamp(max=window - 1)[..., None].expand(-1, -1, vocab))
             update = fits[:, None] & carry
             new_tok = torch.where(update, carried_tok, new_tok)
             new_q = torch.where(update[..., None], carried_q, new_q)
