@@ -147,6 +147,17 @@ class ARSampler:
             scaled = filter_logits(scaled, c.top_k, c.top_p)
         return F.softmax(scaled, dim=-1)
 
+    def open_caches(self, model, labels: torch.Tensor, policy: CachePolicy) -> tuple[torch.Tensor, list]:
+        """The rows a pass feeds (labels, then the null class when guiding) and the policy's per-layer KV
+        caches for them, their memory noted: the start of every LlamaGen decoding."""
+        rows = labels
+        if self.conf.cfg != 1.0:
+            rows = torch.cat([labels, torch.full_like(labels, model.null_class)])
+        policy.reset(labels.shape[0])
+        caches = policy.kv_caches(model, len(rows), labels.device)
+        policy.note_kv_memory(caches, labels.shape[0])
+        return rows, caches
+
     def draws(self, seeds: Sequence[int], num_tokens: int, device: torch.device) -> TokenDraws:
         if self.conf.rng == "official":
             return OfficialDraws()
@@ -167,10 +178,7 @@ class ARSampler:
         device = labels.device
         draws = self.draws(seeds, length, device)
         cfg_on = self.conf.cfg != 1.0
-        rows = torch.cat([labels, torch.full_like(labels, model.null_class)]) if cfg_on else labels
-        policy.reset(batch)
-        caches = policy.kv_caches(model, len(rows), device)
-        policy.note_kv_memory(caches, batch)
+        rows, caches = self.open_caches(model, labels, policy)
         host = device if device.type == "meta" else torch.device("cpu")  # shape-only runs stay on meta
         out = torch.empty(batch, length, dtype=torch.long, device=host, pin_memory=device.type == "cuda")
         guide = True

@@ -215,10 +215,7 @@ class SJDSampler(ARSampler):
         device = labels.device
         uniforms = Uniforms(seeds, c.rng == "per_sample")
         cfg_on = c.cfg != 1.0
-        rows = torch.cat([labels, torch.full_like(labels, model.null_class)]) if cfg_on else labels
-        policy.reset(batch)
-        caches = policy.kv_caches(model, len(rows), device)
-        policy.note_kv_memory(caches, batch)
+        rows, caches = self.open_caches(model, labels, policy)
         loop_temperature = c.temperature if c.loop_temperature else 1.0
         everyone = torch.ones(batch, dtype=torch.bool)
 

@@ -87,13 +87,10 @@ class ZipARSampler(ARSampler):
         device = labels.device
         draws = self.draws(seeds, length, device)
         cfg_on = c.cfg != 1.0
-        rows = torch.cat([labels, torch.full_like(labels, model.null_class)]) if cfg_on else labels
-        policy.reset(batch)
-        caches = policy.kv_caches(model, len(rows), device)
+        rows, caches = self.open_caches(model, labels, policy)
         for cache in caches:
             if hasattr(cache, "attend_unwritten"):
                 cache.attend_unwritten = c.attend_unwritten
-        policy.note_kv_memory(caches, batch)
         host = device if device.type == "meta" else torch.device("cpu")
         tokens = torch.zeros(batch, length, dtype=torch.long, device=host)
         policy.stats.model_calls += 1
