@@ -103,24 +103,32 @@ def memory_flop_rows(
     return rows
 
 
+def alternating_seconds(gens: dict, batch: int, repeats: int, warm_up: int = 1) -> tuple[dict, dict]:
+    """Seconds per image of each generator on one seeded batch, the generators taking turns after one
+    untimed warm-up each on ``warm_up`` images, all on the first one's network (equal conditions).
+    Returns (seconds per image, the last generation's output) by key."""
+    base = next(iter(gens.values()))
+    for gen in gens.values():  # one network
+        gen.model, gen.tokenizer = base.model, base.tokenizer
+    labels = torch.arange(batch) % base.model.arch.num_classes
+    seeds = list(range(batch))
+    for gen in gens.values():  # untimed warm-up
+        gen.generate(labels[:warm_up], seeds[:warm_up])
+    seconds, last = dict.fromkeys(gens, 0.0), {}
+    for _ in range(repeats):
+        for key, gen in gens.items():
+            last[key] = gen.generate(labels, seeds)
+            seconds[key] += last[key].seconds
+    return {k: s / (batch * repeats) for k, s in seconds.items()}, last
+
+
 def latency_rows(model_name: str, budgets: list[int], cadences: list[int], batch: int, repeats: int) -> dict:
     """Seconds per image with the full cache and each budget and cadence, alternating on one seeded batch."""
     gens = {}
     for budget, every in variants(budgets, cadences):
         cache, extra = variant(budget, every)
         gens[variant_key(budget, every)] = generator_for(model_name, cache, None, "cpu", *extra)
-    base = gens["full"]
-    for gen in gens.values():  # one network
-        gen.model, gen.tokenizer = base.model, base.tokenizer
-    labels = torch.arange(batch) % base.model.arch.num_classes
-    seeds = list(range(batch))
-    for gen in gens.values():  # untimed warm-up
-        gen.generate(labels[:1], seeds[:1])
-    seconds = dict.fromkeys(gens, 0.0)
-    for _ in range(repeats):
-        for key, gen in gens.items():
-            seconds[key] += gen.generate(labels, seeds).seconds
-    per_img = {k: s / (batch * repeats) for k, s in seconds.items()}
+    per_img, _ = alternating_seconds(gens, batch, repeats)
     row = {"batch": batch, "repeats": repeats, "threads": torch.get_num_threads(),
            **{f"{k}_s_per_img": round(v, 4) for k, v in per_img.items()}}  # fmt: skip
     for key in gens:

@@ -22,7 +22,7 @@ import time
 import torch
 
 from lazygen.bench import generator_for
-from lazygen.bench_llamagen import DTYPES, generator_kv_bytes, layer_extrapolated_flops
+from lazygen.bench_llamagen import DTYPES, alternating_seconds, generator_kv_bytes, layer_extrapolated_flops
 from lazygen.metrics.perf import measure_flops
 
 ROWS: dict[str, tuple[str, tuple[str, ...]]] = {  # row: (cache, overrides)
@@ -81,20 +81,8 @@ def large_model_rows(model_name: str, dtype: str, sjd_images: int, rows: list[st
 
 def wall_clock_rows(model_name: str, batch: int, repeats: int, rows: list[str]) -> dict:
     gens = {name: generator_for(model_name, ROWS[name][0], None, "cpu", *ROWS[name][1]) for name in rows}
-    base = next(iter(gens.values()))
-    for gen in gens.values():  # one network
-        gen.model, gen.tokenizer = base.model, base.tokenizer
-    labels = torch.arange(batch) % base.model.arch.num_classes
-    seeds = list(range(batch))
-    for gen in gens.values():  # untimed warm-up
-        gen.generate(labels[:2], seeds[:2])
-    seconds, calls = dict.fromkeys(gens, 0.0), {}
-    for _ in range(repeats):
-        for name, gen in gens.items():
-            out = gen.generate(labels, seeds)
-            seconds[name] += out.seconds
-            calls[name] = out.cache.model_calls
-    per_img = {k: s / (batch * repeats) for k, s in seconds.items()}
+    per_img, last = alternating_seconds(gens, batch, repeats, warm_up=2)
+    calls = {name: out.cache.model_calls for name, out in last.items()}
     first = next(iter(per_img))
     row = {"batch": batch, "repeats": repeats, "threads": torch.get_num_threads(),
            **{f"{k}_s_per_img": round(v, 4) for k, v in per_img.items()},

@@ -124,11 +124,7 @@ class ARSampler:
 
     def guided(self, logits: torch.Tensor, guide: bool) -> torch.Tensor:
         """Last-position logits of [cond; uncond] rows (2B, T, V) -> (B, V); cond alone when not guiding."""
-        last = logits[:, -1].float()
-        if self.conf.cfg == 1.0:
-            return last
-        cond, uncond = last.chunk(2)
-        return uncond + (cond - uncond) * self.conf.cfg if guide else cond
+        return self.guided_positions(logits[:, -1:], torch.tensor([guide]))[:, 0]
 
     def guided_positions(self, logits: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         """Every position's logits of [cond; uncond] rows (2B, T, V) -> (B, T, V), guided where ``guide`` (T,)
