@@ -75,3 +75,17 @@ def test_parallel_decoder_with_sparse_adsa_is_refused(tmp_path):
     proc = cli(*SMALL, "sampler=sjd", "cache=adsa", "cache.mode=sparse", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2
     assert "cache.mode=dynamic" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_pairs_grid_shows_a_readable_strip_of_a_large_speedup_subset(tmp_path):
+    """A speedup subset of 20 images: the accelerated-over-baseline grid shows the first 16 pairs."""
+    from PIL import Image
+
+    from lazygen.run import PAIRS_GRID_FILE, PAIRS_SHOWN
+
+    proc = cli(*SMALL, "sampler=zipar", "data.num_images=20", "data.batch_size=10", "metrics.flops.enabled=false",
+               "metrics.speedup.num_images=20", f"hydra.run.dir={tmp_path}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with Image.open(tmp_path / PAIRS_GRID_FILE) as grid:
+        width, height = grid.size
+    assert width == PAIRS_SHOWN * (height // 2)
