@@ -144,6 +144,22 @@ class CachePolicy:
     def reset(self, batch_size: int) -> None:
         """Forget all per-generation state before a new batch."""
 
+    def plan(self, predicted: list[torch.Tensor], refresh: list[bool]) -> list[torch.Tensor]:
+        """The positions each step predicts, given the sampler's plan before the first step.
+
+        ``predicted[s]`` is step s's (B, n_s) ascending positions and ``refresh[s]`` whether the sampler
+        forces a full recomputation there. A policy that serves several steps from one full forward (a
+        *group*) learns the coming steps here, and may reassign positions among the steps of a group:
+        each step keeps its count, the group keeps its positions, and no refresh step joins an earlier
+        group. The baseline keeps the sampler's plan.
+        """
+        return predicted
+
+    def head_diffusion(self, diffusion: SpacedDiffusion, ctx: StepContext) -> SpacedDiffusion:
+        """The diffusion process the head samples this step with (the sampler's unless a policy
+        shortens the chain, e.g. on cheap steps); asked before the step's noise is drawn."""
+        return diffusion
+
     def transformer(
         self, model, tokens: torch.Tensor, rows: torch.Tensor, cond: torch.Tensor, ctx: StepContext
     ) -> torch.Tensor:

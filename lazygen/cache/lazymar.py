@@ -39,6 +39,7 @@ from lazygen.cache.base import CachePolicy, StepContext
 from lazygen.diffusion import SpacedDiffusion
 from lazygen.diffusion.gaussian import NoiseFn
 from lazygen.errors import advise, require, require_one_of
+from lazygen.models.mar.diffloss import HeadBlockFn, guided_eps_output
 from lazygen.models.mar.transformer import KVHook
 from lazygen.registry import register
 
@@ -306,27 +307,27 @@ class LazyMARPolicy(CachePolicy):
         buffer = model.buffer_size
 
         self.enc_known_kv = []
-        x = model.encoder_input(tokens, rows, cond)
-        for j, block in enumerate(model.encoder_blocks):
-            x = block(x, kv=_store_kv(self.enc_known_kv, keep, buffer) if c.encoder_cache else None)
-            self.stats.count(f"encoder.{j}", ctx.step, x.shape[0] * x.shape[1], x.shape[0] * x.shape[1])
+        enc_hooks = (
+            (lambda j: {"kv": _store_kv(self.enc_known_kv, keep, buffer)}) if c.encoder_cache else None
+        )
+        encoded = model.run_encoder(model.encoder_input(tokens, rows, cond), enc_hooks,
+                                    self._counter("encoder", ctx))  # fmt: skip
 
-        x = model.decoder_input(model.encoder_norm(x), rows)
+        x = model.decoder_input(encoded, rows)
         self.dec_input = x[:keep]
         self.dec_kv = []
-        for j, block in enumerate(model.decoder_blocks):
+
+        def remember(hidden: torch.Tensor) -> torch.Tensor:
+            self.prev_signal = self.dec_kv[-1][1] if c.criterion == "value" else hidden[:keep]
+            return hidden
+
+        def dec_hooks(j: int) -> dict:
             if not c.token_cache:
-                x = block(x)
-            elif j != c.selection_layer:
-                x = block(x, kv=_store_kv(self.dec_kv, keep, 0))
-            else:
+                return {}
+            hooks = {"kv": _store_kv(self.dec_kv, keep, 0)}
+            return {**hooks, "select": remember} if j == c.selection_layer else hooks
 
-                def remember(hidden: torch.Tensor) -> torch.Tensor:
-                    self.prev_signal = self.dec_kv[-1][1] if c.criterion == "value" else hidden[:keep]
-                    return hidden
-
-                x = block(x, kv=_store_kv(self.dec_kv, keep, 0), select=remember)
-            self.stats.count(f"decoder.{j}", ctx.step, x.shape[0] * x.shape[1], x.shape[0] * x.shape[1])
+        x = model.run_decoder(x, dec_hooks, self._counter("decoder", ctx))
         if self.condition_cache_on(ctx):
             self.uncond_residual = x[self.batch :] - x[: self.batch]
         return model.decoder_output(x)
@@ -339,9 +340,7 @@ class LazyMARPolicy(CachePolicy):
         if self.conf.token_cache:
             x = self._lazy_decoder(model, x, ctx, n)
         else:
-            for j, block in enumerate(model.decoder_blocks):
-                x = block(x)
-                self.stats.count(f"decoder.{j}", ctx.step, x.shape[0] * x.shape[1], n * x.shape[1])
+            x = model.run_decoder(x, observe=self._counter("decoder", ctx, baseline_rows=n))
         if self.lazy_rows < n:
             x = torch.cat([x, x + self.uncond_residual])
         return model.decoder_output(x)
@@ -350,21 +349,17 @@ class LazyMARPolicy(CachePolicy):
         """Decoder input (lazy rows, P, D): encoder over everything, or over the buffer and new tokens."""
         keep, n, buffer = self.lazy_rows, tokens.shape[0], model.buffer_size
         baseline = n * rows.shape[1]  # what the baseline encoder runs: every row, buffer + known
+        count = self._counter("encoder", ctx, baseline=baseline)
         if not self.conf.encoder_cache:
             x = model.encoder_input(tokens[:keep], rows[:keep], cond[:keep])
-            for j, block in enumerate(model.encoder_blocks):
-                x = block(x)
-                self.stats.count(f"encoder.{j}", ctx.step, x.shape[0] * x.shape[1], baseline)
-            self.dec_input = model.decoder_input(model.encoder_norm(x), rows[:keep])
+            self.dec_input = model.decoder_input(model.run_encoder(x, observe=count), rows[:keep])
             return self.dec_input
         new = ctx.predicted_prev if ctx.predicted_prev is not None else ctx.predicted_now[:, :0]
         new = new.repeat(keep // new.shape[0], 1)
         enc_rows = model.visible_rows(new)
         x = model.encoder_input(tokens[:keep], enc_rows, cond[:keep])
-        for j, block in enumerate(model.encoder_blocks):
-            x = block(x, kv=_append_kv(self.enc_known_kv, j, buffer))
-            self.stats.count(f"encoder.{j}", ctx.step, x.shape[0] * x.shape[1], baseline)
-        fresh = model.decoder_input(model.encoder_norm(x), enc_rows)
+        encoded = model.run_encoder(x, lambda j: {"kv": _append_kv(self.enc_known_kv, j, buffer)}, count)
+        fresh = model.decoder_input(encoded, enc_rows)
         positions = fresh.shape[1]
         refresh = _positions_mask(new, keep, positions, buffer, tokens.device)
         refresh[:, :buffer] = True  # older known tokens keep their cached decoder input
@@ -389,21 +384,32 @@ class LazyMARPolicy(CachePolicy):
             self.prev_signal = signal
             return hidden.gather(1, kept[0].unsqueeze(-1).expand(-1, -1, width))
 
-        for j, block in enumerate(model.decoder_blocks):
+        def hooks(j: int) -> dict:
             if j < c.selection_layer:
-                x = block(x, kv=_replace_kv(self.dec_kv, j))
-            elif j == c.selection_layer:
-                x = block(x, kv=_replace_kv(self.dec_kv, j), select=choose)
-            else:
-                x = block(x, kv=_scatter_kv(self.dec_kv, j, kept[0]))
-            self.stats.count(
-                f"decoder.{j}",
-                ctx.step,
-                rows * positions if j <= c.selection_layer else x.shape[0] * x.shape[1],
-                baseline,
-            )
+                return {"kv": _replace_kv(self.dec_kv, j)}
+            if j == c.selection_layer:
+                return {"kv": _replace_kv(self.dec_kv, j), "select": choose}
+            return {"kv": _scatter_kv(self.dec_kv, j, kept[0])}
+
+        def count(j: int, out: torch.Tensor) -> None:
+            done = rows * positions if j <= c.selection_layer else out.shape[0] * out.shape[1]
+            self.stats.count(f"decoder.{j}", ctx.step, done, baseline)
+
+        x = model.run_decoder(x, hooks, count)
         out = torch.zeros(rows, positions, width, dtype=x.dtype, device=x.device)
         return out.scatter(1, kept[0].unsqueeze(-1).expand(-1, -1, width), x)
+
+    def _counter(self, side: str, ctx: StepContext, baseline_rows: int | None = None,
+                 baseline: int | None = None):  # fmt: skip
+        """Observer counting each block's rows against what the baseline runs (default: the same rows;
+        ``baseline_rows`` of the block's length, or an absolute ``baseline``)."""
+
+        def count(j: int, x: torch.Tensor) -> None:
+            done = x.shape[0] * x.shape[1]
+            total = baseline if baseline is not None else (baseline_rows or x.shape[0]) * x.shape[1]
+            self.stats.count(f"{side}.{j}", ctx.step, done, total)
+
+        return count
 
     def _select(self, signal, signal_prev, ctx: StepContext, rows: int, positions: int, buffer: int,
                 device) -> torch.Tensor:  # fmt: skip
@@ -439,20 +445,19 @@ class LazyMARPolicy(CachePolicy):
             full = k == steps - 1 or k % c.head_interval == 0
             refresh = full or k > c.head_refresh_above * steps or not c.head_mlp_reuse
 
-            def run(x_rows, t_rows, z_rows, full=full, refresh=refresh):
-                return self._head_net(net, x_rows, t_rows, z_rows, full, refresh, skip, chain)
+            block_fn = self._head_block(full, refresh, skip, chain)
 
-            def denoise(x, t, full=full, run=run):
+            def denoise(x, t, full=full, block_fn=block_fn):
                 if cfg is None:
-                    return run(x, t, z)
+                    return net(x, t, z, block_fn=block_fn)
                 if full or not cfg_residual:
-                    out = run(torch.cat([x, x]), torch.cat([t, t]), z)
-                    cond_eps, uncond_eps = out[:rows, :channels], out[rows:, :channels]
+                    out = net(torch.cat([x, x]), torch.cat([t, t]), z, block_fn=block_fn)
                     if full and cfg_residual:
-                        chain.cfg_delta = cond_eps - uncond_eps
-                    eps = uncond_eps + cfg * (cond_eps - uncond_eps)
-                    return torch.cat([eps, out[:rows, channels:]], 1)
-                out = run(x, t, z[:rows])
+                        chain.cfg_delta = out[:rows, :channels] - out[rows:, :channels]
+                    return guided_eps_output(out, channels, cfg)
+                out = net(
+                    x, t, z[:rows], block_fn=block_fn
+                )  # conditional half; uncond eps = cond eps - cfg_delta
                 cond_eps = out[:, :channels]
                 uncond_eps = cond_eps - chain.cfg_delta
                 eps = uncond_eps + cfg * (cond_eps - uncond_eps)
@@ -468,15 +473,14 @@ class LazyMARPolicy(CachePolicy):
         self.stats.head_evals += baseline_rows
 
     @staticmethod
-    def _head_net(net, x, t, z, full: bool, refresh: bool, skip: set[int], chain: _Chain) -> torch.Tensor:
-        """The denoiser with block skipping and MLP-branch reuse; caches keep the rows they were made with."""
-        rows = x.shape[0]
-        h = net.input_proj(x)
-        y = net.conditioning(t, z)
-        for j, block in enumerate(net.res_blocks):
+    def _head_block(full: bool, refresh: bool, skip: set[int], chain: _Chain) -> HeadBlockFn:
+        """How the denoiser runs each block at one diffusion step: skipped blocks add their stored
+        increment, the others reuse or refresh their MLP branch; caches keep the rows they were made with."""
+
+        def run(j: int, block, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            rows = h.shape[0]
             if j in skip and not full:
-                h = h + chain.delta[j][:rows]
-                continue
+                return h + chain.delta[j][:rows]
             shift, scale, gate = block.modulation(y)
             if refresh:
                 branch = chain.branch[j] = block.branch(h, shift, scale)
@@ -485,5 +489,6 @@ class LazyMARPolicy(CachePolicy):
             out = h + gate * branch
             if j in skip:
                 chain.delta[j] = out - h
-            h = out
-        return net.final_layer(h, y)
+            return out
+
+        return run

@@ -73,6 +73,7 @@ class SpacedDiffusion:
         max_timestep: int | None = None,
     ) -> None:
         self.x0_range = x0_range  # clamp predicted x0 while sampling (bounded data only)
+        self.max_timestep = max_timestep
         base_alphas_cumprod = np.cumprod(1.0 - cosine_betas(train_steps))
         kept_steps = space_timesteps(train_steps, num_sampling_steps)
         if max_timestep is not None:  # DiSA: the chain starts at max_timestep; clipped steps merge
@@ -119,6 +120,12 @@ class SpacedDiffusion:
                 "posterior_mean_coef2",
             )
         }
+
+    def with_steps(self, num_sampling_steps: int) -> SpacedDiffusion:
+        """The same process (data bounds, starting timestep) respaced to ``num_sampling_steps`` steps."""
+        return SpacedDiffusion(
+            str(num_sampling_steps), x0_range=self.x0_range, max_timestep=self.max_timestep
+        )
 
     @staticmethod
     def _model_mean_log_variance(

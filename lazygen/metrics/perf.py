@@ -32,7 +32,7 @@ MEMOISED_METHODS: tuple[tuple[type[nn.Module], str], ...] = (
 )
 # Keyword arguments that make a call's work depend on more than shapes (cache hooks): calls that set
 # them are always run.
-HOOK_ARGUMENTS = ("kv", "select")
+HOOK_ARGUMENTS = ("kv", "select", "block_fn")
 # Of those, methods whose every op works row by row, so FLOPs are exactly proportional to the rows of the
 # first tensor argument: one count serves every row count (the diffusion chain runs once per token count).
 ROW_LINEAR_METHODS: tuple[tuple[type[nn.Module], str], ...] = ((DiffLoss, "sample"),)

@@ -112,6 +112,7 @@ class MARSampler:
     ) -> torch.Tensor:
         """One diffusion-head call over every row of z (B or 2B, n, D) with one diffusion process."""
         n, channels = z.shape[1], model.token_dim
+        diffusion = policy.head_diffusion(diffusion, ctx)
         x_init = random.initial_noise(n, channels, z.device)
         noise_fn = random.step_noise(n, channels, diffusion.num_timesteps, cfg is not None)
         return policy.diffusion_head(
@@ -131,6 +132,16 @@ class MARSampler:
     ) -> torch.Tensor:
         """(B, L) positions per image; the *last* entries are predicted first (MAR's convention)."""
         return random.orders(batch, seq_len, device)
+
+    @staticmethod
+    def plan(orders: torch.Tensor, schedule: list[int]) -> list[torch.Tensor]:
+        """Each step's predicted positions (B, n_s), ascending: the entries of ``orders`` between this
+        step's count of unknown tokens and the previous one."""
+        remaining, out = orders.shape[1], []
+        for mask_len in schedule:
+            out.append(orders[:, mask_len:remaining].sort(dim=1).values)
+            remaining = mask_len
+        return out
 
     def cfg_for(self, seq_len: int, mask_len: int) -> float | torch.Tensor | None:
         """The guidance scale of a step, or None when CFG is off."""
@@ -165,11 +176,14 @@ class MARSampler:
         cond = model.class_condition(labels, batch)
         if cfg_on:
             cond = torch.cat([cond, model.null_condition(batch)])
-        remaining, prev = seq_len, None
-        for step, mask_len in enumerate(self.schedule(seq_len)):
-            known = orders[:, remaining:].sort(dim=1).values
-            predicted = orders[:, mask_len:remaining].sort(dim=1).values  # (B, n), ascending
-            ctx = StepContext(step, self.conf.num_iter, prev, predicted, cfg_on, self.refresh_at(step))
+        schedule = self.schedule(seq_len)
+        plan = self.plan(orders, schedule)
+        refresh = [self.refresh_at(step) for step in range(len(schedule))]
+        plan = policy.plan(plan, refresh)
+        known, prev = orders[:, :0], None
+        for step, mask_len in enumerate(schedule):
+            predicted = plan[step]  # (B, n), ascending
+            ctx = StepContext(step, self.conf.num_iter, prev, predicted, cfg_on, refresh[step])
             x_in = torch.cat([tokens, tokens]) if cfg_on else tokens
             known_in = torch.cat([known, known]) if cfg_on else known
             policy.stats.model_calls += 1  # one transformer pass per step (the head's chain follows it)
@@ -185,5 +199,5 @@ class MARSampler:
             tokens = tokens.scatter(
                 1, predicted.unsqueeze(-1).expand(-1, -1, channels), sampled.reshape(batch, n, channels)
             )
-            remaining, prev = mask_len, predicted
+            known, prev = torch.cat([known, predicted], dim=1).sort(dim=1).values, predicted
         return model.unpatchify(tokens)

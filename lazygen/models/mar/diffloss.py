@@ -7,6 +7,7 @@ Key names follow the official checkpoints (``diffloss.net.*``): Sequential indic
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -77,6 +78,10 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
+# Runs one residual block of the denoiser in a policy's way: (index, block, hidden, adaLN input) -> hidden.
+HeadBlockFn = Callable[[int, "ResBlock", torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 class SimpleMLPAdaLN(nn.Module):
     """Denoiser eps(x_t, t, z): outputs ``2 * in_channels`` (eps and learned-variance values)."""
 
@@ -93,11 +98,14 @@ class SimpleMLPAdaLN(nn.Module):
         """The adaLN input y = time_embed(t) + cond_embed(c), shared by all blocks."""
         return self.time_embed(t) + self.cond_embed(c)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor,
+                block_fn: HeadBlockFn | None = None) -> torch.Tensor:  # fmt: skip
+        """eps and variance values (R, 2C); ``block_fn(j, block, h, y)``, when given, runs block j in place
+        of ``block(h, y)`` (cache policies reuse parts of it across diffusion steps)."""
         y = self.conditioning(t, c)
         h = self.input_proj(x)
-        for block in self.res_blocks:
-            h = block(h, y)
+        for j, block in enumerate(self.res_blocks):
+            h = block(h, y) if block_fn is None else block_fn(j, block, h, y)
         return self.final_layer(h, y)
 
 

@@ -9,7 +9,9 @@ shape static, so the same code also runs on the meta device for exact FLOP count
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,6 +20,11 @@ from lazygen.models.mar.diffloss import DiffLoss
 from lazygen.models.mar.transformer import LAYER_NORM_EPS, Block
 
 POS_EMBED_INIT_STD = 0.02
+
+# A policy drives the model's block loops through these instead of copying them: ``hooks(j)`` gives block j's
+# keyword arguments (``kv``, ``select``: see Block.forward), ``observe(j, x)`` sees block j's output.
+BlockHooks = Callable[[int], dict[str, Any]]
+BlockObserver = Callable[[int, torch.Tensor], None]
 
 
 @dataclass
@@ -171,11 +178,22 @@ class MAR(nn.Module):
         x = self.z_proj_ln(torch.cat([x_buffer, x_tokens], dim=1) + self.encoder_pos_embed_learned)
         return x.flatten(0, 1)[rows]
 
+    @staticmethod
+    def _run_blocks(blocks: nn.ModuleList, x: torch.Tensor, hooks: BlockHooks | None,
+                    observe: BlockObserver | None) -> torch.Tensor:  # fmt: skip
+        for j, block in enumerate(blocks):
+            x = block(x, **hooks(j)) if hooks is not None else block(x)
+            if observe is not None:
+                observe(j, x)
+        return x
+
+    def run_encoder(self, x: torch.Tensor, hooks: BlockHooks | None = None,
+                    observe: BlockObserver | None = None) -> torch.Tensor:  # fmt: skip
+        """The encoder blocks over embedded rows x (N, R, D), then its norm."""
+        return self.encoder_norm(self._run_blocks(self.encoder_blocks, x, hooks, observe))
+
     def forward_encoder(self, tokens: torch.Tensor, rows: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        x = self.encoder_input(tokens, rows, cond)
-        for block in self.encoder_blocks:
-            x = block(x)
-        return self.encoder_norm(x)
+        return self.run_encoder(self.encoder_input(tokens, rows, cond))
 
     def decoder_input(self, encoded: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Decoder sequence (N, buffer + seq_len, D): mask tokens with the encoded rows scattered in."""
@@ -191,11 +209,18 @@ class MAR(nn.Module):
         x = self.decoder_norm(x)[:, self.buffer_size :]
         return x + self.diffusion_pos_embed_learned
 
+    def decoder_output_at(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Final norm and diffusion pos-emb of the hidden rows x (N, n, D) of token ``positions`` (N, n)."""
+        pos = self.diffusion_pos_embed_learned[0][positions]
+        return self.decoder_norm(x) + pos
+
+    def run_decoder(self, x: torch.Tensor, hooks: BlockHooks | None = None,
+                    observe: BlockObserver | None = None) -> torch.Tensor:  # fmt: skip
+        """The decoder blocks over a decoder sequence x (N, R, D), before the final norm."""
+        return self._run_blocks(self.decoder_blocks, x, hooks, observe)
+
     def forward_decoder(self, encoded: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        x = self.decoder_input(encoded, rows)
-        for block in self.decoder_blocks:
-            x = block(x)
-        return self.decoder_output(x)
+        return self.decoder_output(self.run_decoder(self.decoder_input(encoded, rows)))
 
     def conditions(self, tokens: torch.Tensor, rows: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Encoder + decoder: per-position diffusion conditions z (N, seq_len, D)."""
