@@ -32,6 +32,7 @@ from lazygen.bench import generator_for
 from lazygen.bench_llamagen import generator_kv_bytes, layer_extrapolated_flops
 from lazygen.errors import ConfigError, ConfigWarning
 from lazygen.lit.generation import Generator
+from lazygen.metrics.hints import hints_for
 from lazygen.metrics.perf import measure_flops
 
 TOLERANCE = 0.01  # a relative change in FLOPs or KV bytes below this counts as none
@@ -133,9 +134,7 @@ def audit_model(model: str, options: tuple[str, ...] = OPTIONS, costs: bool = Tr
             rows.append(AuditRow(model, option, "refused", note=str(exc)))
             continue
         row = AuditRow(model, option, "unmeasured", note=" ".join(advice))
-        if not getattr(
-            gen.sampler, "static_shapes", True
-        ):  # no meta-device count: its work depends on values
+        if not hints_for(gen.sampler).static_shapes:  # no meta-device count: its work depends on values
             row.verdict, row.note = "value-dependent", VALUE_DEPENDENT
             rows.append(row)
             continue

@@ -25,6 +25,10 @@ BUILTIN_PACKAGES = (
     "lazygen.cache",
 )  # every module in them is imported: a new one registers
 PLUGINS_ENV = "LAZYGEN_PLUGINS"
+FAMILY_PROTOCOLS = {
+    "mar": "MARPolicy",
+    "llamagen": "CausalPolicy",
+}  # the cache protocol a family's samplers call
 
 
 @dataclass(frozen=True)
@@ -62,12 +66,28 @@ def register(
         raise ValueError(f"kind={kind!r} is not one of {KINDS}")
 
     def add(cls: type) -> type:
+        _check_protocol(kind, name, cls, families)
         _COMPONENTS[kind][name] = Component(kind, name, cls, schema, tuple(families), check)
         if not cls.__module__.startswith("lazygen."):  # lazygen's own options have their YAML in conf/
             _store_schema(kind, name, schema)
         return cls
 
     return add
+
+
+def _check_protocol(kind: str, name: str, cls: type, families: tuple[str, ...]) -> None:
+    """A cache policy implements the protocol of every family it declares (a programming error if not)."""
+    if kind != "cache":
+        return
+    from lazygen.cache import base  # the protocols live with the policies
+
+    for family in families:
+        protocol = getattr(base, FAMILY_PROTOCOLS.get(family, ""), None)
+        if protocol is not None and not issubclass(cls, protocol):
+            raise TypeError(
+                f"cache {name!r} ({cls.__qualname__}) declares families={families} but does not subclass "
+                f"lazygen.cache.base.{protocol.__name__}, the protocol {family} samplers call."
+            )
 
 
 def _store_schema(kind: str, name: str, schema: type) -> None:

@@ -30,7 +30,7 @@ from lazygen.build import (
     build_tokenizer,
     is_accelerated,
 )
-from lazygen.cache.base import CachePolicy, CacheStats
+from lazygen.cache.base import CacheStats, NoCache
 from lazygen.callbacks.progress import ImagesPerSecondBar
 from lazygen.callbacks.writer import SampleWriter, finished_indices, read_batch_records
 from lazygen.config import CacheConf, RunConf, validate
@@ -146,7 +146,7 @@ def paired_baseline(
     from lazygen.metrics.quality import psnr
 
     base_run = replace(run, sampler=baseline_sampler_conf(run), cache=CacheConf())
-    baseline = Generator(generator.model, generator.tokenizer, build_sampler(base_run.sampler), CachePolicy())
+    baseline = Generator(generator.model, generator.tokenizer, build_sampler(base_run.sampler), NoCache())
     device = _device_of(generator)
     subset = specs[: run.metrics.speedup.num_images]
     batches = [subset[i : i + run.data.batch_size] for i in range(0, len(subset), run.data.batch_size)]

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lazygen.cache.base import CachePolicy, StepContext
+from lazygen.cache.base import CausalPolicy, StepContext
 from lazygen.errors import advise, require, require_one_of
 from lazygen.registry import register
 
@@ -313,7 +313,7 @@ def check_adsa(conf: ADSAConf, run) -> None:
 
 
 @register("cache", "adsa", schema=ADSAConf, families=("llamagen",), check=check_adsa)
-class ADSAPolicy(CachePolicy):
+class ADSAPolicy(CausalPolicy):
     """Supplies ADSA's KV caches to the AR sampler; the model attends to whatever they return."""
 
     name = "adsa"

@@ -29,9 +29,6 @@ class StepContext:
     cfg_on: bool  # the transformer batch is [cond; uncond]
     refresh: bool = False  # the sampler asks for a full recomputation (e.g. a stage start)
 
-    # FLOP counting memoises calls by argument shapes; a context never changes the work of a call
-    flop_key = "StepContext"
-
 
 @dataclass
 class CacheStats:
@@ -122,16 +119,11 @@ class CacheConf:
         return self.name
 
 
-@register("cache", "none", schema=CacheConf, families=("mar", "llamagen", "synthetic"))
 class CachePolicy:
-    """Base policy = no reuse. Subclasses override the two compute entry points and ``tag``."""
+    """What every policy has: counters, a tag for run names, and per-generation state (``reset``). The
+    compute entry points are per model family: :class:`MARPolicy` and :class:`CausalPolicy`."""
 
     name = "none"
-    # True when the work done never depends on tensor values, so FLOPs can be counted on the meta device
-    static_shapes = True
-    # policy methods whose FLOPs scale with the rows of their first tensor argument and depend on shapes
-    # alone: FLOP counting on the meta device runs each once per shape and replays it (see shape_memo)
-    row_linear_methods: tuple[str, ...] = ()
 
     def __init__(self, conf: CacheConf | None = None) -> None:
         self.stats = CacheStats()
@@ -143,6 +135,11 @@ class CachePolicy:
 
     def reset(self, batch_size: int) -> None:
         """Forget all per-generation state before a new batch."""
+
+
+class MARPolicy(CachePolicy):
+    """The MAR protocol: the sampler's plan, the transformer's per-position conditions at each step, and
+    the diffusion head's samples. The base computes everything in full."""
 
     def plan(self, predicted: list[torch.Tensor], refresh: list[bool]) -> list[torch.Tensor]:
         """The positions each step predicts, given the sampler's plan before the first step.
@@ -183,7 +180,11 @@ class CachePolicy:
         """Sampled tokens (R, C) for the predicted rows' conditions z."""
         return model.diffloss.sample(z, x_init, noise_fn, temperature, cfg, diffusion)
 
-    # ---- causal (LlamaGen) models ----------------------------------------------------------------------
+
+class CausalPolicy(CachePolicy):
+    """The causal-model (LlamaGen) protocol: per-layer KV caches and the decode passes over them. The base
+    keeps a full cache and attends to all of it."""
+
     def kv_caches(self, model, rows: int, device: torch.device) -> list:
         """One KV cache per layer for a generation of ``rows`` sequences (CFG halves included)."""
         return model.new_caches(rows, device=device)
@@ -219,4 +220,8 @@ class CachePolicy:
             cache.truncate(length)
 
 
-NoCache = CachePolicy
+@register("cache", "none", schema=CacheConf, families=("mar", "llamagen", "synthetic"))
+class NoCache(MARPolicy, CausalPolicy):
+    """``cache=none``: no reuse, for every family."""
+
+    name = "none"

@@ -35,10 +35,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lazygen.cache.base import CachePolicy, StepContext
+from lazygen.cache.base import MARPolicy, StepContext
 from lazygen.diffusion import SpacedDiffusion
 from lazygen.diffusion.gaussian import NoiseFn
 from lazygen.errors import advise, require, require_one_of
+from lazygen.metrics.hints import flop_hints
 from lazygen.models.mar.diffloss import HeadBlockFn, guided_eps_output
 from lazygen.models.mar.transformer import KVHook
 from lazygen.registry import register
@@ -211,9 +212,9 @@ def check_lazymar(conf: LazyMARConf, run) -> None:
 
 
 @register("cache", "lazymar", schema=LazyMARConf, families=("mar",), check=check_lazymar)
-class LazyMARPolicy(CachePolicy):
+@flop_hints(row_linear=("diffusion_head",))
+class LazyMARPolicy(MARPolicy):
     name = "lazymar"
-    row_linear_methods = ("diffusion_head",)
 
     def __init__(self, conf: LazyMARConf) -> None:
         super().__init__()

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lazygen.cache.base import CachePolicy, StepContext
+from lazygen.cache.base import MARPolicy, StepContext
 from lazygen.diffusion import SpacedDiffusion
 from lazygen.diffusion.gaussian import MIN_SAMPLING_STEPS
 from lazygen.errors import advise, require
@@ -69,7 +69,7 @@ def check_recap(conf: ReCAPConf, run) -> None:
 
 
 @register("cache", "recap", schema=ReCAPConf, families=("mar",), check=check_recap)
-class ReCAPPolicy(CachePolicy):
+class ReCAPPolicy(MARPolicy):
     name = "recap"
 
     def __init__(self, conf: ReCAPConf) -> None:

@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lazygen.lit.generation import Generator
 from lazygen.metrics.flops import count_flops
+from lazygen.metrics.hints import hints_for
 from lazygen.models.mar.diffloss import DiffLoss, SimpleMLPAdaLN
 from lazygen.models.mar.transformer import Attention, Block, Mlp
 
@@ -178,8 +179,8 @@ def measure_flops(
     gen_probe = make_generator("meta") if mode in ("auto", "meta") else None
     static = (
         gen_probe is not None
-        and gen_probe.policy.static_shapes
-        and getattr(gen_probe.sampler, "static_shapes", True)
+        and hints_for(gen_probe.policy).static_shapes
+        and hints_for(gen_probe.sampler).static_shapes
     )
     if gen_probe is not None and (mode == "meta" or static):
         generator, device = gen_probe, "meta"
@@ -190,7 +191,7 @@ def measure_flops(
     n = labels.shape[0]
     generator.policy.reset(n)
     policy = generator.policy
-    with shape_memo(generator.model, row_linear_objects=[(policy, m) for m in policy.row_linear_methods]):
+    with shape_memo(generator.model, row_linear_objects=[(policy, m) for m in hints_for(policy).row_linear]):
         sampled = count_flops(
             lambda: generator.sampler.sample(generator.model, labels, seeds, generator.policy),
             roots={type(generator.model).__name__: generator.model},

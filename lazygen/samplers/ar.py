@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lazygen.cache.base import CachePolicy, StepContext
+from lazygen.cache.base import CausalPolicy, NoCache, StepContext
 from lazygen.errors import advise, require
 from lazygen.registry import register
 
@@ -143,7 +143,7 @@ class ARSampler:
             scaled = filter_logits(scaled, c.top_k, c.top_p)
         return F.softmax(scaled, dim=-1)
 
-    def open_caches(self, model, labels: torch.Tensor, policy: CachePolicy) -> tuple[torch.Tensor, list]:
+    def open_caches(self, model, labels: torch.Tensor, policy: CausalPolicy) -> tuple[torch.Tensor, list]:
         """The rows a pass feeds (labels, then the null class when guiding) and the policy's per-layer KV
         caches for them, their memory noted: the start of every LlamaGen decoding."""
         rows = labels
@@ -165,10 +165,10 @@ class ARSampler:
         model,
         labels: torch.Tensor,
         seeds: Sequence[int] | None = None,
-        policy: CachePolicy | None = None,
+        policy: CausalPolicy | None = None,
     ) -> torch.Tensor:
         """Token ids (B, L) in raster order, on the CPU."""
-        policy = policy or CachePolicy()
+        policy = policy or NoCache()
         batch, length = labels.shape[0], model.num_image_tokens
         seeds = list(seeds) if seeds is not None else list(range(batch))
         device = labels.device

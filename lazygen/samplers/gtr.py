@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lazygen.cache.base import CachePolicy, StepContext
+from lazygen.cache.base import MARPolicy, StepContext
 from lazygen.diffusion import SpacedDiffusion
 from lazygen.diffusion.gaussian import MIN_SAMPLING_STEPS, TRAIN_TIMESTEPS
 from lazygen.errors import require, require_one_of
@@ -194,7 +194,7 @@ class GtRSampler(MARSampler):
         return ranked[:, :m].sort(dim=1).values
 
     def head_samples(
-        self, model, policy: CachePolicy, z: torch.Tensor, random: RandomSource, cfg, ctx: StepContext
+        self, model, policy: MARPolicy, z: torch.Tensor, random: RandomSource, cfg, ctx: StepContext
     ) -> torch.Tensor:
         generation = sum(self.conf.stage_steps[:-1])
         if ctx.step < generation:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lazygen.cache.base import CachePolicy, StepContext
+from lazygen.cache.base import MARPolicy, NoCache, StepContext
 from lazygen.diffusion import SpacedDiffusion
 from lazygen.errors import advise
 from lazygen.registry import register
@@ -102,7 +102,7 @@ class MARSampler:
         return False
 
     def head_samples(
-        self, model, policy: CachePolicy, z: torch.Tensor, random: RandomSource, cfg, ctx: StepContext
+        self, model, policy: MARPolicy, z: torch.Tensor, random: RandomSource, cfg, ctx: StepContext
     ) -> torch.Tensor:
         """Tokens (B * n, C) for the predicted rows' conditions z (B or 2B [cond; uncond], n, D)."""
         return self.run_head(model, policy, z, random, cfg, ctx, self.step_diffusion(model, ctx.step))
@@ -158,11 +158,11 @@ class MARSampler:
         model,
         labels: torch.Tensor,
         seeds: Sequence[int] | None = None,
-        policy: CachePolicy | None = None,
+        policy: MARPolicy | None = None,
         random: RandomSource | None = None,
     ) -> torch.Tensor:
         """Latent grids (B, C, H, W), still multiplied by the VAE latent scale."""
-        policy = policy or CachePolicy()
+        policy = policy or NoCache()
         batch = labels.shape[0]
         seeds = list(seeds) if seeds is not None else list(range(batch))
         random = random or make_random_source(self.conf.rng, seeds)

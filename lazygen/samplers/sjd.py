@@ -31,8 +31,9 @@ from dataclasses import dataclass
 
 import torch
 
-from lazygen.cache.base import CachePolicy, StepContext
+from lazygen.cache.base import CausalPolicy, NoCache, StepContext
 from lazygen.errors import require, require_one_of
+from lazygen.metrics.hints import flop_hints
 from lazygen.registry import register
 from lazygen.samplers.ar import ARSampler, ARSamplerConf, check_ar, filter_logits, guided_token, inverse_cdf
 
@@ -113,10 +114,10 @@ class Verdict:
     checked: torch.Tensor
 
 
+@flop_hints(static_shapes=False)  # the passes depend on which drafts are accepted: counted on a real run
 @register("sampler", "sjd", schema=SJDSamplerConf, families=("llamagen",), check=check_sjd)
 class SJDSampler(ARSampler):
     name = "sjd"
-    static_shapes = False  # the passes depend on which drafts are accepted: FLOPs are counted on a real run
 
     @staticmethod
     def report(counters: dict[str, list[int]]) -> tuple[dict[str, float], dict]:
@@ -200,11 +201,11 @@ class SJDSampler(ARSampler):
         model,
         labels: torch.Tensor,
         seeds: Sequence[int] | None = None,
-        policy: CachePolicy | None = None,
+        policy: CausalPolicy | None = None,
     ) -> torch.Tensor:
         """Token ids (B, L) in raster order, on the CPU."""
         c = self.conf
-        policy = policy or CachePolicy()
+        policy = policy or NoCache()
         batch, length, vocab, window = (
             labels.shape[0],
             model.num_image_tokens,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lazygen.cache.base import CachePolicy, StepContext
+from lazygen.cache.base import CausalPolicy, NoCache, StepContext
 from lazygen.errors import advise, require
 from lazygen.registry import register
 from lazygen.samplers.ar import ARSampler, ARSamplerConf, check_ar, guided_token
@@ -76,11 +76,11 @@ class ZipARSampler(ARSampler):
         model,
         labels: torch.Tensor,
         seeds: Sequence[int] | None = None,
-        policy: CachePolicy | None = None,
+        policy: CausalPolicy | None = None,
     ) -> torch.Tensor:
         """Token ids (B, L) in raster order, on the CPU."""
         c = self.conf
-        policy = policy or CachePolicy()
+        policy = policy or NoCache()
         batch, length, grid = labels.shape[0], model.num_image_tokens, model.arch.grid_size
         start_after = min(c.window, grid)  # tokens row r needs before row r + 1 starts
         seeds = list(seeds) if seeds is not None else list(range(batch))

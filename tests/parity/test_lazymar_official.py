@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import official_model, rel_err
 
-from lazygen.cache import CachePolicy
+from lazygen.cache import NoCache
 from lazygen.cache.lazymar import LazyMARConf, LazyMARPolicy
 from lazygen.models.mar import MAR
 from lazygen.samplers import MARSampler, MARSamplerConf
@@ -20,7 +20,7 @@ def model(lazymar_fixture) -> MAR:
     return official_model(lazymar_fixture)
 
 
-def official_run(fixture: dict, model: MAR, policy: CachePolicy) -> torch.Tensor:
+def official_run(fixture: dict, model: MAR, policy) -> torch.Tensor:
     sampler = MARSampler(
         MARSamplerConf(
             num_iter=fixture["num_iter"],
@@ -36,7 +36,7 @@ def official_run(fixture: dict, model: MAR, policy: CachePolicy) -> torch.Tensor
 
 
 def test_no_cache_reproduces_official_mar(lazymar_fixture, model):
-    out = official_run(lazymar_fixture, model, CachePolicy())
+    out = official_run(lazymar_fixture, model, NoCache())
     assert rel_err(out, lazymar_fixture["mar_sample"]) < REL_TOL
     assert rel_err(out, lazymar_fixture["lazymar_off_sample"]) < REL_TOL
 

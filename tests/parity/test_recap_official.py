@@ -13,7 +13,7 @@ import torch
 from conftest import load_fixture
 from helpers import official_model, rel_err
 
-from lazygen.cache import CachePolicy
+from lazygen.cache import NoCache
 from lazygen.cache.recap import ReCAPConf, ReCAPPolicy
 from lazygen.models.mar import MAR
 from lazygen.samplers import MARSampler, MARSamplerConf
@@ -32,7 +32,7 @@ def model(fixture) -> MAR:
     return official_model(fixture)
 
 
-def official_run(fixture: dict, model: MAR, run: dict, policy: CachePolicy) -> torch.Tensor:
+def official_run(fixture: dict, model: MAR, run: dict, policy) -> torch.Tensor:
     sampler = MARSampler(MARSamplerConf(num_iter=run["num_iter"], cfg=run["cfg"], cfg_schedule=fixture["cfg_schedule"],
                                         temperature=fixture["temperature"], rng="official"))  # fmt: skip
     torch.manual_seed(fixture["seed"])
@@ -56,5 +56,5 @@ def test_recap_reproduces_official(fixture, model, name):
     out = official_run(fixture, model, run, policy_for(run))
     assert rel_err(out, run["tokens"]) < REL_TOL
     # ReCAP really changed the samples: the baseline of the same seeds is another sample
-    baseline = official_run(fixture, model, run, CachePolicy())
+    baseline = official_run(fixture, model, run, NoCache())
     assert rel_err(baseline, run["tokens"]) > 100 * REL_TOL

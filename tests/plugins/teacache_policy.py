@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lazygen.cache.base import CachePolicy, StepContext
+from lazygen.cache.base import MARPolicy, StepContext
+from lazygen.metrics.hints import flop_hints
 from lazygen.registry import register
 
 
@@ -23,9 +24,9 @@ class TeaCacheConf:
 
 
 @register("cache", "teacache_test", schema=TeaCacheConf, families=("mar",))
-class TeaCachePolicy(CachePolicy):
+@flop_hints(static_shapes=False)  # whether a step runs depends on the values: FLOPs are counted for real
+class TeaCachePolicy(MARPolicy):
     name = "teacache_test"
-    static_shapes = False  # whether a step runs depends on the values: FLOPs are counted for real
 
     def __init__(self, conf: TeaCacheConf) -> None:
         super().__init__()

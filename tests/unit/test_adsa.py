@@ -10,7 +10,7 @@ from helpers import compose_cfg
 
 from lazygen.build import build_policy
 from lazygen.cache.adsa import ADSAConf, ADSAPolicy, BoundedKV, diversity_scores
-from lazygen.cache.base import CachePolicy
+from lazygen.cache.base import NoCache
 from lazygen.config import validate
 from lazygen.errors import ConfigError, ConfigWarning
 from lazygen.models.llamagen import LlamaGen, LlamaGenArch
@@ -26,7 +26,7 @@ def model() -> LlamaGen:
     return LlamaGen(ARCH).eval()
 
 
-def generate(model, policy: CachePolicy, cfg: float = 2.0) -> torch.Tensor:
+def generate(model, policy, cfg: float = 2.0) -> torch.Tensor:
     return ARSampler(ARSamplerConf(num_iter=64, cfg=cfg)).sample(model, LABELS, SEEDS, policy)
 
 
@@ -44,7 +44,7 @@ def test_mean_vector_ranking_equals_the_pairwise_mean_cosine() -> None:
 
 @pytest.mark.parametrize("mode", ["dynamic", "sparse"])
 def test_full_budget_equals_the_baseline_exactly(model, mode: str) -> None:
-    baseline = generate(model, CachePolicy())
+    baseline = generate(model, NoCache())
     policy = ADSAPolicy(ADSAConf(budget=100, mode=mode))  # above the 64 tokens: capped, never evicts
     assert torch.equal(generate(model, policy), baseline)
     assert policy.stats.attended_tokens == policy.stats.context_tokens
@@ -59,7 +59,7 @@ def test_a_smaller_budget_changes_the_images_and_attends_to_the_budget(
 ) -> None:
     policy = ADSAPolicy(ADSAConf(budget=32, mode=mode, rank_every=rank_every))
     out = generate(model, policy)
-    assert not torch.equal(out, generate(model, CachePolicy()))
+    assert not torch.equal(out, generate(model, NoCache()))
     # per layer and row, step t attends to min(t + 1, 32) of t + 1 image tokens (both CFG halves)
     expected = sum(min(n, 32) for n in range(1, 64)) * 6 * ARCH.n_layer
     assert policy.stats.attended_tokens == expected

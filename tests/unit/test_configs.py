@@ -118,3 +118,30 @@ def test_clip_denoised_needs_bounded_tokens():
     from lazygen.build import build_model
 
     assert run.model.clip_denoised and build_model(run.model).diffloss.gen_diffusion.x0_range == (-5.9, 5.9)
+
+
+def test_a_cache_policy_must_implement_the_protocol_of_its_families() -> None:
+    from lazygen.cache.base import CausalPolicy, MARPolicy
+    from lazygen.registry import _COMPONENTS, register
+
+    with pytest.raises(TypeError, match="MARPolicy"):
+        register("cache", "wrong_family_test", schema=dict, families=("mar",))(CausalPolicy)
+    with pytest.raises(TypeError, match="CausalPolicy"):
+        register("cache", "wrong_family_test", schema=dict, families=("mar", "llamagen"))(MARPolicy)
+    assert "wrong_family_test" not in _COMPONENTS["cache"]
+
+
+def test_flop_hints_are_declared_next_to_the_class_and_inherited() -> None:
+    from lazygen.cache import NoCache
+    from lazygen.cache.lazymar import LazyMARConf, LazyMARPolicy
+    from lazygen.metrics.hints import hints_for
+    from lazygen.samplers.sjd import SJDSampler, SJDSamplerConf
+
+    assert hints_for(NoCache()).static_shapes and hints_for(NoCache()).row_linear == ()
+    assert hints_for(LazyMARPolicy(LazyMARConf())).row_linear == ("diffusion_head",)
+    assert not hints_for(SJDSampler(SJDSamplerConf())).static_shapes
+
+    class Derived(LazyMARPolicy):
+        pass
+
+    assert hints_for(Derived(LazyMARConf())).row_linear == ("diffusion_head",)

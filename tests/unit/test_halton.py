@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import compose_cfg
 
-from lazygen.cache.base import CachePolicy
+from lazygen.cache import NoCache
 from lazygen.config import validate
 from lazygen.errors import ConfigError
 from lazygen.run import make_generator
@@ -42,7 +42,7 @@ def test_arccos_schedule_counts(steps: int, counts: list[int]) -> None:
     assert [a - b for a, b in zip(remaining, remaining[1:], strict=False)] == counts
 
 
-class Spy(CachePolicy):
+class Spy(NoCache):
     """Records what the sampler predicts at each step."""
 
     def __init__(self) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from lazygen.build import build_model
 from lazygen.cache.adsa import ADSAConf, ADSAPolicy
-from lazygen.cache.base import CachePolicy
+from lazygen.cache.base import NoCache
 from lazygen.config import LlamaGenModelConf
 from lazygen.models.llamagen import DenseKV
 from lazygen.samplers.ar import ARSampler, ARSamplerConf
@@ -44,7 +44,7 @@ def settings(**kw) -> dict:
 
 
 def run(sampler, model, policy=None, labels=LABELS, seeds=SEEDS):
-    policy = policy or CachePolicy()
+    policy = policy or NoCache()
     return sampler.sample(model, labels, seeds, policy), policy
 
 
@@ -223,7 +223,7 @@ def test_sjd_keeps_ar_token_marginals(model):
 
     def sample(sampler, first_seed: int) -> torch.Tensor:
         seeds = list(range(first_seed, first_seed + DIST_IMAGES))
-        return torch.cat([sampler.sample(model, labels[i : i + 50], seeds[i : i + 50], CachePolicy())
+        return torch.cat([sampler.sample(model, labels[i : i + 50], seeds[i : i + 50], NoCache())
                           for i in range(0, DIST_IMAGES, 50)])  # fmt: skip
 
     ar = sample(ARSampler(ARSamplerConf(**conf)), 0)
