@@ -68,9 +68,10 @@ def test_llamagen_methods_set_what_their_names_say(name):
 def test_methods_set_what_their_names_say(name):
     run = validate(compose_cfg("model=mar_b", f"method={name}"))
     *kind, steps = name.split("_")
-    sampler = {"mar": "mar", "lazymar": "mar", "gtr_lazymar": "gtr"}.get("_".join(kind), "_".join(kind))
+    sampler = {"mar": "mar", "lazymar": "mar", "recap": "mar", "gtr_lazymar": "gtr"}.get("_".join(kind), "_".join(kind))
     assert run.sampler.name == sampler and run.sampler.num_iter == int(steps)
-    assert run.cache.name == ("lazymar" if "lazymar" in kind else "none")
+    cache = next((c for c in ("lazymar", "recap") if c in kind), "none")
+    assert run.cache.name == cache
 
 
 @pytest.mark.parametrize("name", MODELS)

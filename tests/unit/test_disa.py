@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import compose_cfg
 
-from lazygen.cache.base import CachePolicy
+from lazygen.cache.base import MARPolicy
 from lazygen.config import validate
 from lazygen.diffusion import SpacedDiffusion
 from lazygen.errors import ConfigError
@@ -48,7 +48,7 @@ def test_timestep_clipping_merges_steps_as_disa(steps: int, distinct: int) -> No
     assert SpacedDiffusion(str(steps)).num_timesteps == steps
 
 
-class Spy(CachePolicy):
+class Spy(MARPolicy):
     def __init__(self) -> None:
         super().__init__()
         self.steps: list[int] = []

@@ -7,7 +7,7 @@ import torch
 from helpers import compose_cfg
 
 from lazygen.build import build_sampler
-from lazygen.cache.base import CachePolicy
+from lazygen.cache.base import MARPolicy
 from lazygen.config import validate
 from lazygen.errors import ConfigError
 from lazygen.run import make_generator
@@ -58,7 +58,7 @@ def test_paper_literal_counts_and_diffusion_steps() -> None:
     assert [s for s in range(32) if sampler.refresh_at(s)] == [0, 24, 30, 31]
 
 
-class Spy(CachePolicy):
+class Spy(MARPolicy):
     def __init__(self) -> None:
         super().__init__()
         self.predicted, self.refresh, self.steps, self.rows = [], [], [], []
