@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.table import Table
 
+import lazygen.config  # noqa: F401  (stores the schemas' base options the YAMLs build on)
 from lazygen.errors import ConfigWarning, LazygenError
 from lazygen.registry import load_components
 

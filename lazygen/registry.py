@@ -25,6 +25,9 @@ BUILTIN_PACKAGES = (
     "lazygen.cache",
 )  # every module in them is imported: a new one registers
 PLUGINS_ENV = "LAZYGEN_PLUGINS"
+SCHEMA_PREFIX = (
+    "base_"  # conf/<kind>/<name>.yaml starts from the option <kind>/base_<name>: its schema's defaults
+)
 FAMILY_PROTOCOLS = {
     "mar": "MARPolicy",
     "llamagen": "CausalPolicy",
@@ -68,8 +71,9 @@ def register(
     def add(cls: type) -> type:
         _check_protocol(kind, name, cls, families)
         _COMPONENTS[kind][name] = Component(kind, name, cls, schema, tuple(families), check)
+        _store_schema(kind, f"{SCHEMA_PREFIX}{name}", schema, name)  # what its YAML builds on
         if not cls.__module__.startswith("lazygen."):  # lazygen's own options have their YAML in conf/
-            _store_schema(kind, name, schema)
+            _store_schema(kind, name, schema, name)
         return cls
 
     return add
@@ -90,18 +94,34 @@ def _check_protocol(kind: str, name: str, cls: type, families: tuple[str, ...]) 
             )
 
 
-def _store_schema(kind: str, name: str, schema: type) -> None:
-    """The schema's defaults as the config option ``<kind>/<name>``, for a component without a YAML."""
-    from hydra.core.config_store import ConfigStore
+def _store_schema(kind: str, option: str, schema: type, name: str) -> None:
+    """The schema's defaults as the config option ``<kind>/<option>``: ``base_<name>`` is what the
+    component's YAML lists first in its defaults (so it sets only what differs), and a component without a
+    YAML is selectable under its own name."""
+    store_defaults(kind, option, schema(name=name))
 
-    ConfigStore.instance().store(group=kind, name=name, node=schema(name=name), provider="lazygen")
+
+def store_defaults(group: str, option: str, node: Any) -> None:
+    """A dataclass instance's values as the config option ``<group>/<option>``, untyped: composition takes
+    the defaults from it, and :func:`lazygen.config.validate` still types and range-checks the result (so
+    a bad key or value is a ConfigError naming the fix, not a composition traceback)."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(OmegaConf.structured(node))
+    ConfigStore.instance().store(group=group, name=option, node=values, provider="lazygen")
+
+
+def load_builtin_components() -> None:
+    """Import lazygen's own samplers and cache policies (they register on import)."""
+    for package in BUILTIN_PACKAGES:
+        for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
+            importlib.import_module(f"{package}.{info.name}")
 
 
 def load_components() -> None:
     """Import the built-in components and the user's ``LAZYGEN_PLUGINS`` modules (they register on import)."""
-    for package in BUILTIN_PACKAGES:
-        for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
-            importlib.import_module(f"{package}.{info.name}")
+    load_builtin_components()
     plugins = [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]
     for module in plugins:
         try:

@@ -41,6 +41,8 @@ def cli(
 
 
 def compose_cfg(*overrides: str) -> DictConfig:
+    import lazygen.config  # noqa: F401  (stores the schemas' base options the YAMLs build on)
+
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose("config", overrides=list(overrides))
 

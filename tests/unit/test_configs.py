@@ -68,7 +68,9 @@ def test_llamagen_methods_set_what_their_names_say(name):
 def test_methods_set_what_their_names_say(name):
     run = validate(compose_cfg("model=mar_b", f"method={name}"))
     *kind, steps = name.split("_")
-    sampler = {"mar": "mar", "lazymar": "mar", "recap": "mar", "gtr_lazymar": "gtr"}.get("_".join(kind), "_".join(kind))
+    sampler = {"mar": "mar", "lazymar": "mar", "recap": "mar", "gtr_lazymar": "gtr"}.get(
+        "_".join(kind), "_".join(kind)
+    )
     assert run.sampler.name == sampler and run.sampler.num_iter == int(steps)
     cache = next((c for c in ("lazymar", "recap") if c in kind), "none")
     assert run.cache.name == cache
@@ -146,3 +148,54 @@ def test_flop_hints_are_declared_next_to_the_class_and_inherited() -> None:
         pass
 
     assert hints_for(Derived(LazyMARConf())).row_linear == ("diffusion_head",)
+
+
+def _group_yamls() -> list[tuple[str, Path]]:
+    groups = ("model", "sampler", "cache", "hardware", "data", "metrics", "logger", "callbacks")
+    found = [(g, p) for g in groups for p in sorted((REPO / "conf" / g).glob("*.yaml"))]
+    return [(g, p) for g, p in found if (g, p.stem) != ("data", "digits16")]  # a training dataset: no base
+
+
+def _leaves(node: dict, prefix: tuple = ()):
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, (*prefix, key))
+        else:
+            yield (*prefix, key), value
+
+
+@pytest.mark.parametrize(("group", "path"), _group_yamls(), ids=lambda v: getattr(v, "stem", v))
+def test_yamls_build_on_their_schema_and_set_only_what_differs(group, path):
+    """Each default lives in its dataclass: a YAML that repeats one would let the two drift apart."""
+    from omegaconf import OmegaConf
+
+    from lazygen.config import GROUPS, MODEL_SCHEMAS
+    from lazygen.registry import component
+
+    raw = yaml.safe_load(path.read_text())
+    if group == "model":
+        base, schema = f"base_{raw['family']}", MODEL_SCHEMAS[raw["family"]]()
+    elif group in ("sampler", "cache"):
+        base, schema = f"base_{raw['name']}", component(group, raw["name"]).schema(name=raw["name"])
+    else:
+        base, schema = "base", GROUPS[group]()
+    entries = [e for e in raw["defaults"] if not (isinstance(e, dict) and any("override" in k for k in e))]
+    assert entries[0] == base and entries[-1] == "_self_"
+    defaults = OmegaConf.to_container(OmegaConf.structured(schema))
+    repeated = []
+    for keys, value in _leaves({k: v for k, v in raw.items() if k not in ("defaults", "name", "family")}):
+        node = defaults
+        for key in keys:
+            node = node.get(key, KeyError) if isinstance(node, dict) else KeyError
+        if node == value:
+            repeated.append(".".join(keys))
+    assert not repeated, f"{path.name} repeats its schema's defaults: {repeated}"
+
+
+def test_shipped_defaults_come_from_the_schema():
+    run = validate(compose_cfg("model=mar_b", "cache=lazymar"))
+    assert (
+        run.model.default_cfg == 2.9
+        and run.cache.refresh_interval == 9
+        and run.hardware.precision == "32-true"
+    )

@@ -1,6 +1,6 @@
 """MAR network family."""
 
 from lazygen.models.mar.diffloss import DiffLoss, SimpleMLPAdaLN
-from lazygen.models.mar.mar import MAR, MAR_PRESETS, MARArch
+from lazygen.models.mar.mar import MAR, MARArch
 
-__all__ = ["MAR", "MAR_PRESETS", "MARArch", "DiffLoss", "SimpleMLPAdaLN"]
+__all__ = ["MAR", "MARArch", "DiffLoss", "SimpleMLPAdaLN"]

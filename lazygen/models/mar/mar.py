@@ -61,23 +61,6 @@ class MARArch:
         return self.vae_embed_dim * self.patch_size**2
 
 
-# Released sizes (official factory functions and README evaluation commands).
-MAR_PRESETS: dict[str, MARArch] = {
-    "mar_b": MARArch(
-        encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12,
-        decoder_embed_dim=768, decoder_depth=12, decoder_num_heads=12, diffloss_d=6, diffloss_w=1024,
-    ),
-    "mar_l": MARArch(
-        encoder_embed_dim=1024, encoder_depth=16, encoder_num_heads=16,
-        decoder_embed_dim=1024, decoder_depth=16, decoder_num_heads=16, diffloss_d=8, diffloss_w=1280,
-    ),
-    "mar_h": MARArch(
-        encoder_embed_dim=1280, encoder_depth=20, encoder_num_heads=16,
-        decoder_embed_dim=1280, decoder_depth=20, decoder_num_heads=16, diffloss_d=12, diffloss_w=1536,
-    ),
-}  # fmt: skip
-
-
 class MAR(nn.Module):
     def __init__(self, arch: MARArch) -> None:
         super().__init__()
