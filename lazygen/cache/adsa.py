@@ -319,14 +319,9 @@ class ADSAPolicy(CausalPolicy):
     name = "adsa"
 
     def __init__(self, conf: ADSAConf) -> None:
-        super().__init__()
-        self.conf = conf
+        super().__init__(conf)
         self.n_cond, self.prefix, self.local, self.seq_len, self.budget = 1, 0, 1, 0, 0
         self.caches: list[BoundedKV | SparseKV] = []
-
-    @property
-    def tag(self) -> str:
-        return self.conf.tag
 
     def kv_caches(self, model, rows: int, device: torch.device) -> list:
         arch = model.arch

@@ -127,11 +127,12 @@ class CachePolicy:
 
     def __init__(self, conf: CacheConf | None = None) -> None:
         self.stats = CacheStats()
+        self.conf = conf if conf is not None else CacheConf(name=self.name)
 
     @property
     def tag(self) -> str:
-        """Short identifier used in run names."""
-        return self.name
+        """Short identifier used in run names: the schema's ``tag`` where it has one, else the name."""
+        return getattr(self.conf, "tag", self.name)
 
     def reset(self, batch_size: int) -> None:
         """Forget all per-generation state before a new batch."""

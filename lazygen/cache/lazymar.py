@@ -217,14 +217,9 @@ class LazyMARPolicy(MARPolicy):
     name = "lazymar"
 
     def __init__(self, conf: LazyMARConf) -> None:
-        super().__init__()
-        self.conf = conf
+        super().__init__(conf)
         self._generator = torch.Generator().manual_seed(conf.seed)
         self.reset(0)
-
-    @property
-    def tag(self) -> str:
-        return self.conf.tag
 
     def reset(self, batch_size: int) -> None:
         self.batch = batch_size

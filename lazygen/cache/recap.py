@@ -73,14 +73,9 @@ class ReCAPPolicy(MARPolicy):
     name = "recap"
 
     def __init__(self, conf: ReCAPConf) -> None:
-        super().__init__()
-        self.conf = conf
+        super().__init__(conf)
         self._fast: dict[tuple, SpacedDiffusion] = {}
         self.reset(0)
-
-    @property
-    def tag(self) -> str:
-        return self.conf.tag
 
     def reset(self, batch_size: int) -> None:
         self.batch = batch_size

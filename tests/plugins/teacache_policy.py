@@ -29,8 +29,7 @@ class TeaCachePolicy(MARPolicy):
     name = "teacache_test"
 
     def __init__(self, conf: TeaCacheConf) -> None:
-        super().__init__()
-        self.conf = conf
+        super().__init__(conf)
         self.reset(0)
 
     def reset(self, batch_size: int) -> None:
