@@ -19,6 +19,7 @@ FID_KEY, LATENCY_KEY = "quality/fid", "perf/latency_s_per_img"
 MARKERS = "osD^v<>pXhP*"
 FIGURE_SIZE = (11, 8)
 DPI = 150
+LEGEND_DIGITS = 3  # significant digits of a float setting in a legend label
 LEGEND_WRAP_CHARS = 36  # legend labels (a method's settings) are wrapped to fit the right margin
 
 
@@ -52,6 +53,30 @@ def trade_off_points(rows: list[dict], names: list[str]) -> list[dict]:
     return points
 
 
+QUALITY_AXES = (("fid", "FID (lower is better)", False), ("psnr", "PSNR vs same-seed baseline (dB)", True))
+
+
+def short_setting(text: str) -> str:
+    """A legend label with long floats rounded (``retain_ratio=0.98895514`` -> ``retain_ratio=0.989``); the
+    tables keep the exact values."""
+
+    def rounded(token: str) -> str:
+        key, sep, value = token.rpartition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            return token
+        return f"{key}{sep}{number:.{LEGEND_DIGITS}g}" if sep and "." in value else token
+
+    return " ".join(rounded(t) for t in text.split(" "))
+
+
+def plotted_metrics(points: list[dict]) -> list[tuple[str, str, bool]]:
+    """The quality axes some point has a value for (a search without FID gets no empty FID row)."""
+    shown = [m for m in QUALITY_AXES if any(p.get(m[0]) is not None for p in points)]
+    return shown or list(QUALITY_AXES[:1])
+
+
 def plot_pareto(points: list[dict], out_dir: Path, title: str) -> list[Path]:
     """Write ``pareto.png`` and ``pareto.svg`` into ``out_dir``; returns their paths."""
     try:
@@ -60,15 +85,16 @@ def plot_pareto(points: list[dict], out_dir: Path, title: str) -> list[Path]:
         raise LazygenError(
             "pareto.png needs matplotlib: pip install 'lazygen[plots]' (the comparison table was written)."
         ) from None
-    fig, axes = plt.subplots(2, 2, figsize=FIGURE_SIZE, sharex="col", squeeze=False)
+    metrics = plotted_metrics(points)
+    fig, axes = plt.subplots(len(metrics), 2, figsize=FIGURE_SIZE, sharex="col", squeeze=False)
     panels = [("flop_speedup", "FLOP speedup (×)"), ("wall_speedup", "wall-clock speedup (×)")]
-    metrics = [("fid", "FID (lower is better)", False), ("psnr", "PSNR vs same-seed baseline (dB)", True)]
+    names = [p["name"] for p in points]
     for col, (x_key, x_label) in enumerate(panels):
         for row, (y_key, y_label, maximise) in enumerate(metrics):
             ax = axes[row][col]
             shown = [p for p in points if p[x_key] is not None and p[y_key] is not None]
             for p in shown:
-                k = points.index(p)  # one marker and colour per method in every panel
+                k = names.index(p["name"])  # one marker and colour per name in every panel
                 style = {"marker": "*", "color": "black", "s": 220} if p["baseline"] else {
                     "marker": MARKERS[k % len(MARKERS)], "color": f"C{k % 10}", "s": 70}  # fmt: skip
                 ax.scatter(p[x_key], p[y_key], label=p["name"], zorder=3, **style)
@@ -83,13 +109,15 @@ def plot_pareto(points: list[dict], out_dir: Path, title: str) -> list[Path]:
                         where="post" if maximise else "pre", color="tab:red", alpha=0.6, label="Pareto front")  # fmt: skip
             ax.set_ylabel(y_label)
             ax.grid(alpha=0.3)
-            if row == 1:
+            if row == len(metrics) - 1:
                 ax.set_xlabel(x_label)
     legend: dict[str, object] = {}
     for ax in (a for row in axes for a in row):
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             legend.setdefault(label, handle)
-    labels = [textwrap.fill(label, LEGEND_WRAP_CHARS) for label in legend]  # long settings stay in the margin
+    labels = [
+        textwrap.fill(short_setting(label), LEGEND_WRAP_CHARS) for label in legend
+    ]  # stays in the margin
     fig.legend(list(legend.values()), labels, loc="center right", fontsize="small", frameon=False)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 0.74, 0.96))

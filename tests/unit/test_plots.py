@@ -80,3 +80,14 @@ def test_an_accelerated_run_draws_its_recompute_heatmap_and_the_baseline_beside_
     samples = np.load(tmp_path / "samples.npz")["arr_0"]
     top_left = pairs[:cell, :cell][:: cell // 16, :: cell // 16]
     np.testing.assert_array_equal(top_left, samples[0])  # the top row is this run's own image
+
+
+def test_a_search_without_fid_gets_no_empty_fid_row_and_short_labels():
+    from lazygen.plots import plotted_metrics, short_setting
+
+    no_fid = [{"fid": None, "psnr": 30.0}, {"fid": None, "psnr": 25.0}]
+    assert [m[0] for m in plotted_metrics(no_fid)] == ["psnr"]
+    assert [m[0] for m in plotted_metrics([{"fid": 110.0, "psnr": None}, {"fid": 120.0, "psnr": 20.0}])] == [
+        "fid", "psnr"]  # fmt: skip
+    label = "cache.refresh_interval=12 cache.retain_ratio=0.39153250554509667 method=gtr_16"
+    assert short_setting(label) == "cache.refresh_interval=12 cache.retain_ratio=0.392 method=gtr_16"
