@@ -22,6 +22,7 @@ from lazygen.models.mar.mar import MARArch
 from lazygen.models.synthetic import SyntheticModelConf
 from lazygen.models.vae.kl import KLArch
 from lazygen.registry import (
+    BASE_OPTION,
     SCHEMA_PREFIX,
     component,
     components,
@@ -159,12 +160,10 @@ class FlopsConf:
 @dataclass
 class QualityConf:
     enabled: Any = "auto"  # auto: on when the model's evaluator ships with lazygen (tiny models)
-    extractor: str = (
-        "auto"  # auto = model.evaluator.extractor | inception (`eval` extra) | digits16 | a dotted path
-    )
-    reference_stats: str | None = (
-        "auto"  # auto = model.evaluator.reference_stats | registry name | .npz | null: no FID
-    )
+    # auto = model.evaluator.extractor | inception (`eval` extra) | digits16 | a dotted path
+    extractor: str = "auto"
+    # auto = model.evaluator.reference_stats | a registry name | an ADM-style .npz | null (no FID)
+    reference_stats: str | None = "auto"
     is_splits: int = 10
     bootstrap: int = 100  # resamples of the generated images behind quality/fid_se and class_acc_se (0: off)
 
@@ -379,7 +378,7 @@ def _validate_mar(run: RunConf) -> None:
            "bound (a lazygen-trained autoencoder's manifest records it as latent_abs_max).")  # fmt: skip
 
 
-PLAIN_GROUPS = ("hardware", "data", "metrics", "logger", "callbacks")  # one schema, option base
+PLAIN_GROUPS = ("hardware", "data", "metrics", "logger", "callbacks")  # one schema each: option <group>/base
 
 
 def store_schemas() -> None:
@@ -393,7 +392,7 @@ def store_schemas() -> None:
     for family, schema in MODEL_SCHEMAS.items():
         store_defaults("model", f"{SCHEMA_PREFIX}{family}", schema())
     for group in PLAIN_GROUPS:
-        store_defaults(group, SCHEMA_PREFIX.rstrip("_"), GROUPS[group]())
+        store_defaults(group, BASE_OPTION, GROUPS[group]())
 
 
 store_schemas()  # importing lazygen.config makes the base options composable

@@ -115,9 +115,8 @@ def plot_pareto(points: list[dict], out_dir: Path, title: str) -> list[Path]:
     for ax in (a for row in axes for a in row):
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             legend.setdefault(label, handle)
-    labels = [
-        textwrap.fill(short_setting(label), LEGEND_WRAP_CHARS) for label in legend
-    ]  # stays in the margin
+    # long settings are rounded and wrapped to stay in the right margin
+    labels = [textwrap.fill(short_setting(label), LEGEND_WRAP_CHARS) for label in legend]
     fig.legend(list(legend.values()), labels, loc="center right", fontsize="small", frameon=False)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 0.74, 0.96))

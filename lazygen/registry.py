@@ -25,9 +25,10 @@ BUILTIN_PACKAGES = (
     "lazygen.cache",
 )  # every module in them is imported: a new one registers
 PLUGINS_ENV = "LAZYGEN_PLUGINS"
-SCHEMA_PREFIX = (
-    "base_"  # conf/<kind>/<name>.yaml starts from the option <kind>/base_<name>: its schema's defaults
-)
+# The option holding a schema's defaults: conf/<kind>/<name>.yaml starts from <kind>/base_<name>; a group with
+# one schema (hardware, data, ...) from <group>/base.
+BASE_OPTION = "base"
+SCHEMA_PREFIX = f"{BASE_OPTION}_"
 FAMILY_PROTOCOLS = {
     "mar": "MARPolicy",
     "llamagen": "CausalPolicy",
@@ -71,9 +72,9 @@ def register(
     def add(cls: type) -> type:
         _check_protocol(kind, name, cls, families)
         _COMPONENTS[kind][name] = Component(kind, name, cls, schema, tuple(families), check)
-        _store_schema(kind, f"{SCHEMA_PREFIX}{name}", schema, name)  # what its YAML builds on
-        if not cls.__module__.startswith("lazygen."):  # lazygen's own options have their YAML in conf/
-            _store_schema(kind, name, schema, name)
+        store_defaults(kind, f"{SCHEMA_PREFIX}{name}", schema(name=name))  # what its YAML builds on
+        if not cls.__module__.startswith("lazygen."):  # no YAML: selectable under its own name
+            store_defaults(kind, name, schema(name=name))
         return cls
 
     return add
@@ -92,13 +93,6 @@ def _check_protocol(kind: str, name: str, cls: type, families: tuple[str, ...]) 
                 f"cache {name!r} ({cls.__qualname__}) declares families={families} but does not subclass "
                 f"lazygen.cache.base.{protocol.__name__}, the protocol {family} samplers call."
             )
-
-
-def _store_schema(kind: str, option: str, schema: type, name: str) -> None:
-    """The schema's defaults as the config option ``<kind>/<option>``: ``base_<name>`` is what the
-    component's YAML lists first in its defaults (so it sets only what differs), and a component without a
-    YAML is selectable under its own name."""
-    store_defaults(kind, option, schema(name=name))
 
 
 def store_defaults(group: str, option: str, node: Any) -> None:
