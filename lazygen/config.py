@@ -45,6 +45,8 @@ MODEL_FAMILIES = ("mar", "llamagen", "synthetic")
 TOKENIZERS = ("kl16", "kl", "pixel", "vq16", "levels")
 FAMILY_TOKENIZERS = {"mar": ("kl16", "kl", "pixel"), "llamagen": ("vq16", "levels"), "synthetic": ()}
 LOGGERS = ("wandb", "csv", "none")
+PRECISIONS = ("32-true", "bf16-mixed")
+COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 FLOP_MODES = ("auto", "meta", "real")
 VQ_DOWNSAMPLE = 16  # VQ-16: one token per 16x16 pixels
@@ -138,8 +140,12 @@ class HardwareConf:
     devices: Any = 1  # per node
     num_nodes: int = 1  # machines; SLURM and torchrun environments are read by Lightning
     strategy: str = "auto"
+    # 32-true: exact fp32. bf16-mixed: the networks' matrix multiplies and attention in bf16 (autocast);
+    # the diffusion chain, the sampling maths and the token grid stay fp32
     precision: str = "32-true"
     num_threads: int | None = None  # torch intra-op threads; None = torch's default
+    compile: bool = False  # torch.compile the transformer stacks and the diffusion head's step
+    compile_mode: str = "auto"  # auto: reduce-overhead (CUDA graphs) on GPU, default (inductor) on CPU
 
 
 @dataclass
@@ -300,6 +306,8 @@ def _validate_values(run: RunConf) -> None:
         require_family(kind, getattr(run, kind).name, m.family, m.name)
     require_one_of("sampler.rng", s.rng, RNG_PROTOCOLS)
     require_one_of("logger.kind", run.logger.kind, LOGGERS)
+    require_one_of("hardware.precision", run.hardware.precision, PRECISIONS)
+    require_one_of("hardware.compile_mode", run.hardware.compile_mode, COMPILE_MODES)
     require_one_of("logger.mode", run.logger.mode, WANDB_MODES)
     require_one_of("metrics.flops.mode", run.metrics.flops.mode, FLOP_MODES)
     require_one_of("metrics.quality.enabled", run.metrics.quality.enabled, (True, False, "auto"))

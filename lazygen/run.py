@@ -63,11 +63,14 @@ PSNR_CAP_DB = 100.0  # identical images are reported as 100 dB so averages stay 
 
 
 def make_generator(run: RunConf, device: str | torch.device = "cpu", home: Path | None = None) -> Generator:
+    hw = run.hardware
     return Generator(
         build_model(run.model, device, home),
         build_tokenizer(run.model, device, home),
         build_sampler(run.sampler),
         build_policy(run.cache),
+        precision=hw.precision,
+        compile_mode=hw.compile_mode if hw.compile else None,
     )
 
 
@@ -146,7 +149,8 @@ def paired_baseline(
     from lazygen.metrics.quality import psnr
 
     base_run = replace(run, sampler=baseline_sampler_conf(run), cache=CacheConf())
-    baseline = Generator(generator.model, generator.tokenizer, build_sampler(base_run.sampler), NoCache())
+    baseline = Generator(generator.model, generator.tokenizer, build_sampler(base_run.sampler), NoCache(),
+                         precision=run.hardware.precision, compile_mode=generator.compile_mode)  # fmt: skip
     device = _device_of(generator)
     subset = specs[: run.metrics.speedup.num_images]
     batches = [subset[i : i + run.data.batch_size] for i in range(0, len(subset), run.data.batch_size)]
@@ -374,6 +378,8 @@ def _run_job(run: RunConf, cfg: DictConfig, run_dir: Path, group: str | None) ->
     Image.fromarray(grid).save(run_dir / GRID_FILE)
     if run.metrics.latency:
         metrics.update(latency_metrics(records))
+    if run.hardware.compile:  # kept out of the latency above: paid once per process, not per image
+        metrics["perf/compile_s"] = float(sum(r.get("compile_seconds", 0.0) for r in records))
     peaks = [r["peak_mem_bytes"] for r in records if r.get("peak_mem_bytes")]
     if peaks:  # GPU: peak allocated during a batch; CPU: the process's peak resident set
         metrics["mem/peak_bytes"] = float(max(peaks))

@@ -40,7 +40,7 @@ from lazygen.diffusion import SpacedDiffusion
 from lazygen.diffusion.gaussian import NoiseFn
 from lazygen.errors import advise, require, require_one_of
 from lazygen.metrics.hints import flop_hints
-from lazygen.models.mar.diffloss import HeadBlockFn, guided_eps_output
+from lazygen.models.mar.diffloss import HeadBlockFn, HeadChain, guided_eps_output
 from lazygen.models.mar.transformer import KVHook
 from lazygen.registry import register
 
@@ -212,7 +212,7 @@ def check_lazymar(conf: LazyMARConf, run) -> None:
 
 
 @register("cache", "lazymar", schema=LazyMARConf, families=("mar",), check=check_lazymar)
-@flop_hints(row_linear=("diffusion_head",))
+@flop_hints(row_affine=("diffusion_head",))
 class LazyMARPolicy(MARPolicy):
     name = "lazymar"
 
@@ -436,24 +436,34 @@ class LazyMARPolicy(MARPolicy):
         skip = {b for b in c.head_skip_blocks if b < len(net.res_blocks)}
         chain = _Chain()
         rows = x_init.shape[0]
+
+        def is_full(k: int) -> bool:
+            return k == steps - 1 or k % c.head_interval == 0
+
+        def needs(k: int, j: int) -> int:  # rows of z whose modulation layer j uses at step k
+            if is_full(k):
+                return z.shape[0]
+            if j in skip:
+                return 0
+            return rows if cfg_residual else z.shape[0]
+
+        head = HeadChain(net, z, diffusion.timestep_map, needs)
         x = x_init
         for k in reversed(range(steps)):
-            full = k == steps - 1 or k % c.head_interval == 0
+            full = is_full(k)
             refresh = full or k > c.head_refresh_above * steps or not c.head_mlp_reuse
 
             block_fn = self._head_block(full, refresh, skip, chain)
 
-            def denoise(x, t, full=full, block_fn=block_fn):
+            def denoise(x, t, k=k, full=full, block_fn=block_fn):
                 if cfg is None:
-                    return net(x, t, z, block_fn=block_fn)
+                    return head(x, k, block_fn=block_fn)
                 if full or not cfg_residual:
-                    out = net(torch.cat([x, x]), torch.cat([t, t]), z, block_fn=block_fn)
+                    out = head(x, k, repeat=2, block_fn=block_fn)
                     if full and cfg_residual:
                         chain.cfg_delta = out[:rows, :channels] - out[rows:, :channels]
                     return guided_eps_output(out, channels, cfg)
-                out = net(
-                    x, t, z[:rows], block_fn=block_fn
-                )  # conditional half; uncond eps = cond eps - cfg_delta
+                out = head(x, k, block_fn=block_fn)  # conditional half; uncond eps = cond eps - cfg_delta
                 cond_eps = out[:, :channels]
                 uncond_eps = cond_eps - chain.cfg_delta
                 eps = uncond_eps + cfg * (cond_eps - uncond_eps)
@@ -473,11 +483,11 @@ class LazyMARPolicy(MARPolicy):
         """How the denoiser runs each block at one diffusion step: skipped blocks add their stored
         increment, the others reuse or refresh their MLP branch; caches keep the rows they were made with."""
 
-        def run(j: int, block, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        def run(j: int, block, h: torch.Tensor, modulation) -> torch.Tensor:
             rows = h.shape[0]
             if j in skip and not full:
                 return h + chain.delta[j][:rows]
-            shift, scale, gate = block.modulation(y)
+            shift, scale, gate = modulation()
             if refresh:
                 branch = chain.branch[j] = block.branch(h, shift, scale)
             else:

@@ -107,6 +107,7 @@ class SampleWriter(BasePredictionWriter):
             "indices": indices,
             "labels": [int(c) for c in prediction["label"]],
             "seconds": float(prediction["seconds"]),
+            "compile_seconds": float(prediction.get("compile_seconds", 0.0)),
             "cache": prediction.get("cache", {}),
             "peak_mem_bytes": int(prediction.get("peak_mem_bytes", 0)),
         }

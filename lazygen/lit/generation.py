@@ -48,20 +48,60 @@ def peak_memory_bytes(device: torch.device) -> int:
 class Generated:
     images: torch.Tensor  # (B, H, W, 3) uint8
     latents: torch.Tensor  # (B, C, h, w) float32, latent-scaled
-    seconds: float  # wall-clock of sampling + decoding, device synchronized
+    seconds: float  # wall-clock of sampling + decoding, device synchronized, compilation excluded
     cache: CacheStats  # what the policy recomputed for this batch
     peak_mem_bytes: int = 0  # see peak_memory_bytes
+    compile_seconds: float = 0.0  # torch.compile time spent during this batch (first batches only)
+
+
+# hardware.precision -> the autocast dtype the networks run under (None: exact fp32)
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"32-true": None, "bf16-mixed": torch.bfloat16}
+
+
+def compile_seconds_so_far() -> float:
+    """Seconds torch.compile has spent in this process (dynamo's frame compilations, backend included)."""
+    from torch._dynamo.utils import compilation_time_metrics
+
+    return float(sum(compilation_time_metrics.get("_compile.compile_inner", [])))
+
+
+def resolved_compile_mode(mode: str, device: torch.device) -> str:
+    """``auto``: CUDA graphs where the launches of many small kernels dominate (GPU), inductor elsewhere."""
+    if mode != "auto":
+        return mode
+    return "reduce-overhead" if device.type == "cuda" else "default"
 
 
 class Generator(nn.Module):
-    """Model x tokenizer x sampler x cache policy: labels and seeds in, images out."""
+    """Model x tokenizer x sampler x cache policy: labels and seeds in, images out.
 
-    def __init__(self, model: nn.Module, tokenizer: nn.Module, sampler: MARSampler, policy: CachePolicy):
+    ``precision`` and ``compile_mode`` (None: eager) are ``hardware.precision`` and, when
+    ``hardware.compile`` is on, ``hardware.compile_mode``; the model compiles its own parts on first use.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: nn.Module, sampler: MARSampler, policy: CachePolicy,
+                 precision: str = "32-true", compile_mode: str | None = None):  # fmt: skip
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.sampler = sampler
         self.policy = policy
+        self.autocast_dtype = AUTOCAST_DTYPES[precision]
+        self.compile_mode = compile_mode
+        self._compiled = False
+
+    def numerics(self, device: torch.device):
+        """The context sampling runs in: bf16 autocast for ``bf16-mixed``, else nothing."""
+        dtype = self.autocast_dtype
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None and device.type != "meta")
+
+    def _compile(self, device: torch.device) -> None:
+        if self.compile_mode is None or self._compiled or device.type == "meta":
+            return
+        compile_parts = getattr(self.model, "compile_parts", None)
+        if compile_parts is not None:
+            compile_parts(resolved_compile_mode(self.compile_mode, device))
+        self._compiled = True
 
     @torch.no_grad()
     def generate(self, labels: torch.Tensor, seeds: list[int]) -> Generated:
@@ -74,12 +114,17 @@ class Generator(nn.Module):
         sync(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        self._compile(device)
+        compiling = compile_seconds_so_far() if self.compile_mode is not None else 0.0
         start = time.perf_counter()
-        latents = self.sampler.sample(self.model, labels, seeds, self.policy)
-        images = to_uint8_images(self.tokenizer.decode_tokens_latent(latents))
+        with self.numerics(device):
+            latents = self.sampler.sample(self.model, labels, seeds, self.policy).float()
+            images = to_uint8_images(self.tokenizer.decode_tokens_latent(latents))
         sync(device)
         seconds = time.perf_counter() - start
-        return Generated(images, latents.float(), seconds, self.policy.stats, peak_memory_bytes(device))
+        compiled = compile_seconds_so_far() - compiling if self.compile_mode is not None else 0.0
+        return Generated(images, latents, seconds - compiled, self.policy.stats, peak_memory_bytes(device),
+                         compile_seconds=compiled)  # fmt: skip
 
 
 class GenerationModule(L.LightningModule):
@@ -106,6 +151,7 @@ class GenerationModule(L.LightningModule):
             "images": out.images.cpu(),
             "latents": out.latents.cpu(),
             "seconds": out.seconds,
+            "compile_seconds": out.compile_seconds,
             "cache": out.cache.counters(),
             "peak_mem_bytes": out.peak_mem_bytes,
         }

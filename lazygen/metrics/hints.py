@@ -4,7 +4,8 @@ FLOPs are counted by running a generation on the meta device, where tensors have
 exact when a component's work depends on shapes alone, and fast because calls of equal shapes are counted
 once and replayed (``perf.shape_memo``). A component whose work depends on values (which drafts are
 accepted, whether a step is skipped) must be counted on a real run instead, and a policy method whose
-FLOPs are proportional to the rows of its first tensor argument can be counted once for every row count.
+FLOPs are affine in the rows of its first tensor argument (a per-call part plus a per-row part) can be
+counted at two row counts and interpolated for every other.
 Components declare this next to their class with :func:`flop_hints`; the policy and sampler APIs carry
 none of it.
 """
@@ -18,17 +19,17 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class FlopHints:
     static_shapes: bool = True  # the work never depends on tensor values: countable on the meta device
-    row_linear: tuple[str, ...] = ()  # methods whose FLOPs scale with their first tensor's rows, shapes alone
+    row_affine: tuple[str, ...] = ()  # methods whose FLOPs are affine in their first tensor's rows
 
 
 _HINTS: dict[type, FlopHints] = {}
 
 
-def flop_hints(*, static_shapes: bool = True, row_linear: tuple[str, ...] = ()) -> Callable[[type], type]:
-    """Class decorator: ``@flop_hints(static_shapes=False)`` or ``@flop_hints(row_linear=("diffusion_head",))``."""
+def flop_hints(*, static_shapes: bool = True, row_affine: tuple[str, ...] = ()) -> Callable[[type], type]:
+    """Class decorator: ``@flop_hints(static_shapes=False)`` or ``@flop_hints(row_affine=("diffusion_head",))``."""
 
     def add(cls: type) -> type:
-        _HINTS[cls] = FlopHints(static_shapes, tuple(row_linear))
+        _HINTS[cls] = FlopHints(static_shapes, tuple(row_affine))
         return cls
 
     return add

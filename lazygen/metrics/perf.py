@@ -34,9 +34,10 @@ MEMOISED_METHODS: tuple[tuple[type[nn.Module], str], ...] = (
 # Keyword arguments that make a call's work depend on more than shapes (cache hooks): calls that set
 # them are always run.
 HOOK_ARGUMENTS = ("kv", "select", "block_fn")
-# Of those, methods whose every op works row by row, so FLOPs are exactly proportional to the rows of the
-# first tensor argument: one count serves every row count (the diffusion chain runs once per token count).
-ROW_LINEAR_METHODS: tuple[tuple[type[nn.Module], str], ...] = ((DiffLoss, "sample"),)
+# Of those, methods whose FLOPs are exactly affine in the rows of the first tensor argument (per-row work plus
+# a per-call part, e.g. a chain's time embeddings): two counts serve every row count (the diffusion chain
+# runs once per token count).
+ROW_AFFINE_METHODS: tuple[tuple[type[nn.Module], str], ...] = ((DiffLoss, "sample"),)
 
 TERA = 1e12
 
@@ -86,11 +87,33 @@ def _arg_key(arg: object) -> object:
     return getattr(arg, "flop_key", None) or type(arg).__name__
 
 
+# One counted call: its rows, output shape and dtype, and its FLOPs {module: {op: flops}}.
+_Sample = tuple[int, torch.Size, torch.dtype, dict[str, dict]]
+
+
+def _replayed(samples: list[_Sample], rows: int) -> tuple[tuple, torch.dtype, dict[str, dict]] | None:
+    """A call's output shape, dtype and FLOPs at ``rows`` from earlier counts of the same call: the count
+    at these rows, else the line through two counts at other rows (output rows scale with the rows); None
+    when it must be counted."""
+    for r, shape, dtype, delta in samples:
+        if r == rows:
+            return tuple(shape), dtype, delta
+    if len(samples) < 2:
+        return None
+    (r1, shape, dtype, d1), (r2, _, _, d2) = samples[:2]
+    delta = {}
+    for mod in {*d1, *d2}:
+        ops1, ops2 = d1.get(mod, {}), d2.get(mod, {})
+        delta[mod] = {op: ops1.get(op, 0) + (ops2.get(op, 0) - ops1.get(op, 0)) * (rows - r1) // (r2 - r1)
+                      for op in {*ops1, *ops2}}  # fmt: skip
+    return (shape[0] * rows // r1, *shape[1:]), dtype, delta
+
+
 @contextlib.contextmanager
 def shape_memo(
     root: nn.Module,
     methods: tuple[tuple[type[nn.Module], str], ...] = MEMOISED_METHODS,
-    row_linear_objects: Sequence[tuple[object, str]] = (),
+    row_affine_objects: Sequence[tuple[object, str]] = (),
 ) -> Iterator[None]:
     """On the meta device, count each (module, input shapes) once and replay the count afterwards.
 
@@ -99,15 +122,16 @@ def shape_memo(
     needs its output shape and its FLOPs. Exact for modules whose work depends on shapes alone. Calls are
     shared between modules of the same class and parameter shapes (the blocks of a stack). Non-tensor
     arguments enter the key by type, or by their ``flop_key`` when their value changes the work (the
-    number of diffusion steps). ``row_linear_objects`` adds (object, method) pairs of other objects (a
-    cache policy's diffusion head) whose work scales with the rows of their first tensor argument.
+    number of diffusion steps). ``row_affine_objects`` adds (object, method) pairs of other objects (a
+    cache policy's diffusion head) whose work is affine in the rows of their first tensor argument: counted
+    at two row counts, interpolated for the others.
     """
-    memo: dict[tuple, tuple[torch.Size, torch.dtype, dict[str, dict], int]] = {}
+    memo: dict[tuple, list[_Sample]] = {}
     originals: list[tuple[nn.Module, str, Callable]] = []
 
     components = {m: name.split(".")[0] for name, m in root.named_modules()}
 
-    def wrap(module: object, forward: Callable, row_linear: bool) -> Callable:
+    def wrap(module: object, forward: Callable, row_affine: bool) -> Callable:
         # modules of one class with equal parameter shapes in one part of the model (the blocks of a
         # stack) do equal work; their counts replay under the first one's names, which agree up to the
         # part (``MAR.decoder_blocks``), the depth FLOP reports keep
@@ -120,21 +144,20 @@ def shape_memo(
             hooked = any(kwargs.get(name) is not None for name in HOOK_ARGUMENTS)
             if counter is None or hooked or any(t.device.type != "meta" for t in tensors):
                 return forward(*args, **kwargs)
-            rows = tensors[0].shape[0] if row_linear else 1
-            # row-linear: row counts enter the key as multiples of the first tensor's rows
+            rows = tensors[0].shape[0] if row_affine else 1
+            # row-affine: row counts enter the key as multiples of the first tensor's rows
             shapes = tuple(
-                ((t.shape[0] / rows, *t.shape[1:]) if row_linear and t.ndim > 1 else tuple(t.shape), t.dtype)
+                ((t.shape[0] / rows, *t.shape[1:]) if row_affine and t.ndim > 1 else tuple(t.shape), t.dtype)
                 for t in tensors
             )
             others = tuple(_arg_key(a) for a in (*args, *kwargs.values()) if not isinstance(a, torch.Tensor))
-            key = (identity, forward.__name__, shapes, others)
-            if key in memo:
-                shape, dtype, delta, memo_rows = memo[key]
+            samples = memo.setdefault((identity, forward.__name__, shapes, others), [])
+            replay = _replayed(samples, rows)
+            if replay is not None:
+                shape, dtype, delta = replay
                 for mod, ops in delta.items():
                     for op, flops in ops.items():
-                        counter.flop_counts[mod][op] += flops * rows // memo_rows
-                if row_linear:
-                    shape = (shape[0] * rows // memo_rows, *shape[1:])
+                        counter.flop_counts[mod][op] += flops
                 return torch.empty(shape, dtype=dtype, device="meta")
             before = _snapshot(counter)
             out = forward(*args, **kwargs)
@@ -143,7 +166,7 @@ def shape_memo(
                 mod: {op: n - before.get(mod, {}).get(op, 0) for op, n in ops.items()}
                 for mod, ops in after.items()
             }
-            memo[key] = (out.shape, out.dtype, delta, rows)
+            samples.append((rows, out.shape, out.dtype, delta))
             return out
 
         return memoised
@@ -152,9 +175,9 @@ def shape_memo(
         for cls, name in methods:
             if isinstance(module, cls):
                 originals.append((module, name, getattr(module, name)))
-                linear = any(isinstance(module, c) and name == n for c, n in ROW_LINEAR_METHODS)
+                linear = any(isinstance(module, c) and name == n for c, n in ROW_AFFINE_METHODS)
                 setattr(module, name, wrap(module, getattr(module, name), linear))
-    for obj, name in row_linear_objects:
+    for obj, name in row_affine_objects:
         originals.append((obj, name, getattr(obj, name)))
         setattr(obj, name, wrap(obj, getattr(obj, name), True))
     try:
@@ -191,7 +214,7 @@ def measure_flops(
     n = labels.shape[0]
     generator.policy.reset(n)
     policy = generator.policy
-    with shape_memo(generator.model, row_linear_objects=[(policy, m) for m in hints_for(policy).row_linear]):
+    with shape_memo(generator.model, row_affine_objects=[(policy, m) for m in hints_for(policy).row_affine]):
         sampled = count_flops(
             lambda: generator.sampler.sample(generator.model, labels, seeds, generator.policy),
             roots={type(generator.model).__name__: generator.model},

@@ -140,14 +140,14 @@ def test_flop_hints_are_declared_next_to_the_class_and_inherited() -> None:
     from lazygen.metrics.hints import hints_for
     from lazygen.samplers.sjd import SJDSampler, SJDSamplerConf
 
-    assert hints_for(NoCache()).static_shapes and hints_for(NoCache()).row_linear == ()
-    assert hints_for(LazyMARPolicy(LazyMARConf())).row_linear == ("diffusion_head",)
+    assert hints_for(NoCache()).static_shapes and hints_for(NoCache()).row_affine == ()
+    assert hints_for(LazyMARPolicy(LazyMARConf())).row_affine == ("diffusion_head",)
     assert not hints_for(SJDSampler(SJDSamplerConf())).static_shapes
 
     class Derived(LazyMARPolicy):
         pass
 
-    assert hints_for(Derived(LazyMARConf())).row_linear == ("diffusion_head",)
+    assert hints_for(Derived(LazyMARConf())).row_affine == ("diffusion_head",)
 
 
 def _group_yamls() -> list[tuple[str, Path]]:

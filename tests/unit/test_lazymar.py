@@ -282,16 +282,23 @@ def test_cache_statistics_reach_the_metrics() -> None:
 
 def test_head_cache_flops_are_exactly_what_the_refresh_rule_leaves() -> None:
     """Tiny config: T = 6 diffusion steps, head_interval 4 -> k = 5, 4, 0 full (both CFG halves), k = 3, 2, 1
-    conditional-only with blocks 1 and 2 skipped and the MLP branches reused (no k > 0.9 T refresh)."""
+    conditional-only with blocks 1 and 2 skipped and the MLP branches reused (no k > 0.9 T refresh).
+
+    Per chain, cond_embed runs once per row of z and time_embed once per step (shared by every row of the
+    batch); per step the input projection runs once per token (the CFG halves share it)."""
     width, cond, channels, depth, skipped = 32, 32, 4, 3, 2  # tiny_mar: 4-channel KL latent tokens
+    steps, chains, images, tokens = 6, 8, len(LABELS), 256
     linear = lambda i, o: 2 * i * o  # noqa: E731
-    embed = linear(256, width) + linear(width, width) + linear(cond, width) + linear(channels, width)
+    time_embed, cond_embed, proj = (
+        linear(256, width) + linear(width, width),
+        linear(cond, width),
+        linear(channels, width),
+    )
     ada, mlp = linear(width, 3 * width), 2 * linear(width, width)
     final = linear(width, 2 * width) + linear(width, 2 * channels)
-    full_row = embed + depth * (ada + mlp) + final
-    partial_row = embed + (depth - skipped) * ada + final
-    per_image = 256 * (3 * 2 * full_row + 3 * partial_row)  # every token of the image goes through one chain
-    base = flops_by_part(run_conf())["diffloss"] * 1e12
-    cached = flops_by_part(run_conf(*only("head_cache")))["diffloss"] * 1e12
-    assert base == 256 * 6 * 2 * full_row
-    assert cached == per_image
+    full_row, partial_row = depth * (ada + mlp) + final, (depth - skipped) * ada + final
+    once = 2 * tokens * cond_embed + tokens * steps * proj + chains * steps * time_embed // images
+    base = round(flops_by_part(run_conf())["diffloss"] * 1e12)
+    cached = round(flops_by_part(run_conf(*only("head_cache")))["diffloss"] * 1e12)
+    assert base == once + 2 * tokens * steps * full_row
+    assert cached == once + 2 * tokens * 3 * full_row + tokens * 3 * partial_row

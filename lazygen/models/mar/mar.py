@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lazygen.models.compiling import compile_part
 from lazygen.models.mar.diffloss import DiffLoss
 from lazygen.models.mar.transformer import LAYER_NORM_EPS, Block
 
@@ -25,6 +26,12 @@ POS_EMBED_INIT_STD = 0.02
 # keyword arguments (``kv``, ``select``: see Block.forward), ``observe(j, x)`` sees block j's output.
 BlockHooks = Callable[[int], dict[str, Any]]
 BlockObserver = Callable[[int, torch.Tensor], None]
+
+
+def _plain_stack(blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    for block in blocks:
+        x = block(x)
+    return x
 
 
 @dataclass
@@ -92,6 +99,7 @@ class MAR(nn.Module):
             num_sampling_steps=arch.num_sampling_steps,
         )
         self.initialize_weights()
+        self._stack = _plain_stack  # runs a block stack without hooks; compile_parts swaps in a compiled one
 
     @property
     def seq_len(self) -> int:
@@ -161,9 +169,17 @@ class MAR(nn.Module):
         x = self.z_proj_ln(torch.cat([x_buffer, x_tokens], dim=1) + self.encoder_pos_embed_learned)
         return x.flatten(0, 1)[rows]
 
-    @staticmethod
-    def _run_blocks(blocks: nn.ModuleList, x: torch.Tensor, hooks: BlockHooks | None,
+    def compile_parts(self, mode: str) -> None:
+        """torch.compile the block stacks (when run without hooks) and the diffusion head's step."""
+        if self._stack is not _plain_stack:
+            return
+        self._stack = compile_part(_plain_stack, mode)
+        self.diffloss.net.compile_step(mode)
+
+    def _run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor, hooks: BlockHooks | None,
                     observe: BlockObserver | None) -> torch.Tensor:  # fmt: skip
+        if hooks is None and observe is None:
+            return self._stack(blocks, x)
         for j, block in enumerate(blocks):
             x = block(x, **hooks(j)) if hooks is not None else block(x)
             if observe is not None:
