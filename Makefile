@@ -2,7 +2,7 @@
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: help install test test-full lint run bench audit train-tiny floor
+.PHONY: help install test test-full lint run bench bench-throughput audit train-tiny floor
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-11s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ run:  ## the embedded CPU default run
 bench:  ## FLOPs of MAR-B/L/H with/without LazyMAR, KV memory and FLOPs of LlamaGen-XL with ADSA, CPU wall-clock
 	$(PYTHON) -m lazygen.bench
 	$(PYTHON) -m lazygen.bench_llamagen
+
+bench-throughput:  ## seconds per image against batch size, threads and precision of the tiny models (CPU)
+	$(PYTHON) -m lazygen.bench_throughput
 
 audit:  ## every cache policy and sampler on every shipped model: FLOPs and KV bytes against its baseline
 	$(PYTHON) -m lazygen.audit

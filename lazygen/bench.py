@@ -34,7 +34,9 @@ FLOP_MODELS = ("mar_b", "mar_l", "mar_h")
 WARM_UP_STEPS = 2  # AR and diffusion steps of the untimed warm-up generation
 
 
-def generator_for(model: str, cache: str, num_iter: int | None, device: str, *overrides: str) -> Generator:
+def generator_for(
+    model: str, cache: str | None, num_iter: int | None, device: str, *overrides: str
+) -> Generator:
     """The run a user gets from ``python -m lazygen model=<model> cache=<cache>`` (ImageNet models random)."""
     config_dir = CONFIG_PATH if not CONFIG_PATH.startswith("pkg://") else None
     if config_dir is None:  # installed wheel: the package's conf directory
@@ -46,7 +48,8 @@ def generator_for(model: str, cache: str, num_iter: int | None, device: str, *ov
     own = num_iter is None or any(o.startswith("sampler") for o in overrides)
     steps = [] if own else [f"sampler.num_iter={num_iter}"]
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-        cfg = compose("config", overrides=[f"model={model}", f"cache={cache}", *steps, *init, *overrides])
+        chosen = [f"cache={cache}"] if cache is not None else []  # None: the config's (or a method's) cache
+        cfg = compose("config", overrides=[f"model={model}", *chosen, *steps, *init, *overrides])
     return make_generator(validate(cfg), device)
 
 
@@ -116,6 +119,40 @@ def latency_rows(models: list[str], caches: list[str], num_iter: int, batch: int
     return rows
 
 
+def method_rows(models: list[str], methods: list[str], batch: int) -> dict:
+    """Wall-clock against FLOP speedup of whole methods (``method=`` presets: sampler + cache), the first
+    the baseline: FLOPs counted on the meta device, seconds from one seeded batch per method after an
+    untimed two-step warm-up each, on one network. ``realised`` = wall speedup / FLOP speedup: 1.0 means the
+    FLOPs saved turn fully into time saved."""
+    rows: dict[str, dict] = {}
+    for name in models:
+        gens = {m: generator_for(name, None, None, "cpu", f"method={m}") for m in methods}
+        base = gens[methods[0]]
+        for gen in gens.values():
+            gen.model, gen.tokenizer = base.model, base.tokenizer
+        n = batch if not name.startswith("mar_") else 1
+        labels, seeds = torch.arange(n) % base.model.arch.class_num, list(range(n))
+        warm_up = build_sampler(MARSamplerConf(num_iter=WARM_UP_STEPS, diffusion_steps=WARM_UP_STEPS))
+        for gen in gens.values():
+            Generator(gen.model, gen.tokenizer, warm_up, gen.policy).generate(labels, seeds)
+        seconds = {m: gen.generate(labels, seeds).seconds / n for m, gen in gens.items()}
+        flops = {
+            m: measure_flops(lambda dev, m=m, name=name: generator_for(name, None, None, dev, f"method={m}"),
+                             torch.tensor([0]), [0], "meta").tflops_per_img
+            for m in methods
+        }  # fmt: skip
+        rows[name] = {"batch": n, "threads": torch.get_num_threads()}
+        for m in methods:
+            row = {"s_per_img": round(seconds[m], 3), "tflops_per_img": round(flops[m], 5)}
+            if m != methods[0]:
+                row["wall_speedup"] = round(seconds[methods[0]] / seconds[m], 3)
+                row["flop_speedup"] = round(flops[methods[0]] / flops[m], 3)
+                row["realised"] = round(row["wall_speedup"] / row["flop_speedup"], 3)
+            rows[name][m] = row
+        print(json.dumps({"methods": {name: rows[name]}}), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="*", default=list(FLOP_MODELS), help="models whose FLOPs to count")
@@ -127,9 +164,14 @@ def main() -> None:
                         help="models to time on this CPU (none to skip)")  # fmt: skip
     parser.add_argument("--batch", type=int, default=20, help="batch of tiny models (MAR-B/L/H: 1 image)")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--methods", nargs="*", default=[],
+                        help="method presets to time against the first, e.g. mar_64 lazymar_64 gtr_16")  # fmt: skip
+    parser.add_argument("--method-models", nargs="*", default=["tiny_mar", "mar_b"])
     parser.add_argument("--out", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
     results = {"num_iter": args.num_iter}
+    if args.methods:
+        results["methods"] = method_rows(args.method_models, args.methods, args.batch)
     results["flops"] = flop_rows(args.models, args.caches, args.num_iter, args.extra)
     results["latency"] = latency_rows(
         args.latency_models, args.caches, args.num_iter, args.batch, args.repeats

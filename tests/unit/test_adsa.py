@@ -129,6 +129,24 @@ def test_eviction_takes_the_most_redundant_previous_tokens(rank_every: int) -> N
     assert not set(expected) & set(held) and set(range(9, 9 + rank_every)) <= set(held)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_per_step_eviction_picks_what_the_general_ranking_picks(dtype) -> None:
+    """The fused per-step path (rank_every 1, per-head diverse ranking) against the general scores' argmax,
+    on random caches with empty slots and every row and head holding other positions."""
+    torch.manual_seed(0)
+    policy = ADSAPolicy(ADSAConf(budget=40, prefix=3, local=5))
+    policy.n_cond, policy.prefix, policy.local, policy.seq_len = 2, 3, 5, 80
+    for _ in range(20):
+        values = torch.randn(3, 4, 42, 8).to(dtype)
+        pos = torch.stack([torch.randperm(70)[:42] for _ in range(12)]).view(3, 4, 42)
+        pos[..., :2] = torch.tensor([0, 1])  # condition slots
+        pos[pos % 11 == 5] = -1  # empty slots
+        inv = torch.rand(3, 4, 42) + 0.5
+        fast = policy._most_redundant(values, pos, 69, inv)
+        general = policy.eviction_scores(values, pos, 69, inv).argmax(dim=-1, keepdim=True)
+        assert torch.equal(fast, general)
+
+
 def test_adsa_through_the_config() -> None:
     run = validate(compose_cfg("model=tiny_llamagen", "model.init=random", "cache=adsa", "cache.budget=96"))
     policy = build_policy(run.cache)
