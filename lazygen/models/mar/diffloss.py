@@ -152,6 +152,20 @@ MODULATION_CHUNK_ROWS = 1024
 ModulationNeeds = Callable[[int, int], int]
 
 
+def _thread_invariant(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """fn(x) on one CPU thread: for a handful of rows (the chain's timesteps) a multi-threaded CPU matrix
+    multiply may split its sums differently with the thread count, and samples must not depend on it (a
+    DDP rank runs fewer threads than a single process). Costs nothing: the rows are few."""
+    if x.device.type != "cpu" or torch.get_num_threads() == 1:
+        return fn(x)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(x)
+    finally:
+        torch.set_num_threads(threads)
+
+
 class HeadChain:
     """The denoiser prepared for one diffusion chain over fixed conditions z (R, D).
 
@@ -167,7 +181,7 @@ class HeadChain:
         self.net = net
         self.rows = z.shape[0]
         self.cond = net.cond_embed(z)  # (R, W)
-        self.time = net.time_embed(torch.tensor(timesteps, device=z.device))  # (T, W), row k = step k
+        self.time = _thread_invariant(net.time_embed, torch.tensor(timesteps, device=z.device))  # (T, W)
         self.needs = needs
         self.chunk_steps = max(1, MODULATION_CHUNK_ROWS // max(self.rows, 1))
         self.layers: list[nn.Module] = [*net.res_blocks, net.final_layer]
