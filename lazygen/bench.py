@@ -53,6 +53,13 @@ def generator_for(
     return make_generator(validate(cfg), device)
 
 
+def warm_up_mar(gens, labels: torch.Tensor, seeds: list[int]) -> None:
+    """One untimed short MAR generation per generator: first-call allocations and kernel selection."""
+    warm_up = build_sampler(MARSamplerConf(num_iter=WARM_UP_STEPS, diffusion_steps=WARM_UP_STEPS))
+    for gen in gens:
+        Generator(gen.model, gen.tokenizer, warm_up, gen.policy).generate(labels, seeds)
+
+
 def flop_rows(models: list[str], caches: list[str], num_iter: int, extra: list[str] = ()) -> dict:
     """FLOPs per image of each model under each cache policy, then under each ``extra`` override set."""
     rows: dict[str, dict] = {}
@@ -103,9 +110,7 @@ def latency_rows(models: list[str], caches: list[str], num_iter: int, batch: int
             gen.model, gen.tokenizer = base_model, gens[caches[0]].tokenizer
         n = batch if not name.startswith("mar_") else 1
         labels, seeds = torch.arange(n) % base_model.arch.class_num, list(range(n))
-        warm_up = build_sampler(MARSamplerConf(num_iter=WARM_UP_STEPS, diffusion_steps=WARM_UP_STEPS))
-        for gen in gens.values():  # untimed: first-call allocations and kernel selection
-            Generator(gen.model, gen.tokenizer, warm_up, gen.policy).generate(labels, seeds)
+        warm_up_mar(gens.values(), labels, seeds)
         seconds = {cache: 0.0 for cache in caches}
         for _ in range(repeats):
             for cache, gen in gens.items():
@@ -132,9 +137,7 @@ def method_rows(models: list[str], methods: list[str], batch: int) -> dict:
             gen.model, gen.tokenizer = base.model, base.tokenizer
         n = batch if not name.startswith("mar_") else 1
         labels, seeds = torch.arange(n) % base.model.arch.class_num, list(range(n))
-        warm_up = build_sampler(MARSamplerConf(num_iter=WARM_UP_STEPS, diffusion_steps=WARM_UP_STEPS))
-        for gen in gens.values():
-            Generator(gen.model, gen.tokenizer, warm_up, gen.policy).generate(labels, seeds)
+        warm_up_mar(gens.values(), labels, seeds)
         seconds = {m: gen.generate(labels, seeds).seconds / n for m, gen in gens.items()}
         flops = {
             m: measure_flops(lambda dev, m=m, name=name: generator_for(name, None, None, dev, f"method={m}"),

@@ -14,10 +14,8 @@ import json
 
 import torch
 
-from lazygen.bench import generator_for
+from lazygen.bench import WARM_UP_STEPS, generator_for
 from lazygen.samplers.mar import MARSamplerConf
-
-WARM_UP_STEPS = 2
 
 
 def warm_up(gen, labels: torch.Tensor, seeds: list[int]) -> None:

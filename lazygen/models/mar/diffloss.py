@@ -198,20 +198,25 @@ class HeadChain:
         lo = max(0, hi - self.chunk_steps + 1)
         self._chunk, self._mods = (lo, hi), {}
         steps = range(hi, lo - 1, -1)
+        inputs: dict[tuple, torch.Tensor] = {}  # the adaLN input y of each distinct (step, rows) list
         for j, layer in enumerate(self.layers):
-            wanted = [(s, n) for s in steps if (n := self._rows_needed(s, j)) > 0]
+            wanted = tuple((s, n) for s in steps if (n := self._rows_needed(s, j)) > 0)
             if not wanted:
                 continue
-            if all(n == self.rows for _, n in wanted):  # one broadcast add: (S, R, W)
-                index = torch.tensor([s for s, _ in wanted], device=self.time.device)
-                y = (self.time.index_select(0, index).unsqueeze(1) + self.cond).flatten(0, 1)
-            else:
-                y = torch.cat([self.time[s : s + 1] + self.cond[:n] for s, n in wanted])
-            out = layer.adaLN_modulation(y)
+            if wanted not in inputs:
+                inputs[wanted] = self._adaln_input(wanted)
+            out = layer.adaLN_modulation(inputs[wanted])
             start = 0
             for s, n in wanted:
                 self._mods[(j, s)] = out[start : start + n]
                 start += n
+
+    def _adaln_input(self, wanted: tuple[tuple[int, int], ...]) -> torch.Tensor:
+        """y = time_embed(t_s) + cond_embed(z) for the first n rows at each (step s, n), stacked."""
+        if all(n == self.rows for _, n in wanted):  # one broadcast add: (S, R, W)
+            index = torch.tensor([s for s, _ in wanted], device=self.time.device)
+            return (self.time.index_select(0, index).unsqueeze(1) + self.cond).flatten(0, 1)
+        return torch.cat([self.time[s : s + 1] + self.cond[:n] for s, n in wanted])
 
     def modulation(self, j: int, k: int, rows: int) -> Modulation:
         """Layer j's modulation at step k for the first ``rows`` rows of z."""
