@@ -26,7 +26,7 @@ run:  ## the embedded CPU default run
 
 bench:  ## FLOPs of MAR-B/L/H with/without LazyMAR, KV memory and FLOPs of LlamaGen-XL with ADSA, CPU wall-clock
 	$(PYTHON) -m lazygen.bench
-	$(PYTHON) -m lazygen.bench_llamagen
+	$(PYTHON) -m lazygen.bench_llamagen --memory-mib 64
 
 bench-throughput:  ## seconds per image against batch size, threads and precision of the tiny models (CPU)
 	$(PYTHON) -m lazygen.bench_throughput

@@ -17,6 +17,7 @@ import json
 import torch
 
 from lazygen.bench import generator_for
+from lazygen.errors import ConfigError
 from lazygen.lit.generation import Generator
 from lazygen.metrics.perf import measure_flops
 
@@ -103,23 +104,25 @@ def memory_flop_rows(
     return rows
 
 
-def alternating_seconds(gens: dict, batch: int, repeats: int, warm_up: int = 1) -> tuple[dict, dict]:
+def alternating_seconds(gens: dict, batch: int | dict, repeats: int, warm_up: int = 1) -> tuple[dict, dict]:
     """Seconds per image of each generator on one seeded batch, the generators taking turns after one
     untimed warm-up each on ``warm_up`` images, all on the first one's network (equal conditions).
+    ``batch`` may give each key its own batch size (the first images of one seeded sequence).
     Returns (seconds per image, the last generation's output) by key."""
     base = next(iter(gens.values()))
     for gen in gens.values():  # one network
         gen.model, gen.tokenizer = base.model, base.tokenizer
-    labels = torch.arange(batch) % base.model.arch.num_classes
-    seeds = list(range(batch))
+    sizes = batch if isinstance(batch, dict) else dict.fromkeys(gens, batch)
+    labels = torch.arange(max(sizes.values())) % base.model.arch.num_classes
+    seeds = list(range(len(labels)))
     for gen in gens.values():  # untimed warm-up
         gen.generate(labels[:warm_up], seeds[:warm_up])
     seconds, last = dict.fromkeys(gens, 0.0), {}
     for _ in range(repeats):
         for key, gen in gens.items():
-            last[key] = gen.generate(labels, seeds)
+            last[key] = gen.generate(labels[: sizes[key]], seeds[: sizes[key]])
             seconds[key] += last[key].seconds
-    return {k: s / (batch * repeats) for k, s in seconds.items()}, last
+    return {k: s / (sizes[k] * repeats) for k, s in seconds.items()}, last
 
 
 def latency_rows(model_name: str, budgets: list[int], cadences: list[int], batch: int, repeats: int) -> dict:
@@ -135,6 +138,34 @@ def latency_rows(model_name: str, budgets: list[int], cadences: list[int], batch
         if key != "full":
             row[f"{key}_wall_speedup"] = round(per_img["full"] / per_img[key], 3)
     print(json.dumps({"latency": {model_name: row}}), flush=True)
+    return row
+
+
+def fixed_memory_rows(model_name: str, budgets: list[int], rank_every: int, memory_mib: float,
+                      repeats: int) -> dict:  # fmt: skip
+    """Throughput at a fixed KV-memory budget: each variant generates the largest batch whose KV caches
+    (fp32, the CPU run's dtype) fit in ``memory_mib``, the variants taking turns on one seeded sequence.
+    This is where a bounded cache pays: a smaller cache per image lets more images share the memory."""
+    gens, batches, per_img = {}, {}, {}
+    for budget, every in variants(budgets, [rank_every]):
+        key = variant_key(budget, every)
+        cache, extra = variant(budget, every)
+        meta = generator_for(model_name, cache, None, "meta", *extra)
+        per_img[key] = generator_kv_bytes(meta, 1, torch.float32)
+        batches[key] = int(memory_mib * MIB // per_img[key])
+        if batches[key] < 1:
+            raise ConfigError(f"--memory-mib {memory_mib} holds no image of {key} ({per_img[key] / MIB:.2f} MiB "
+                              "per image); give at least that much.")  # fmt: skip
+        gens[key] = generator_for(model_name, cache, None, "cpu", *extra)
+    s_per_img, _ = alternating_seconds(gens, batches, repeats)
+    row = {"memory_mib": memory_mib, "repeats": repeats, "threads": torch.get_num_threads()}
+    for key in gens:
+        row[f"{key}_kv_mib_per_img"] = round(per_img[key] / MIB, 3)
+        row[f"{key}_batch"] = batches[key]
+        row[f"{key}_img_per_s"] = round(1 / s_per_img[key], 3)
+        if key != "full":
+            row[f"{key}_throughput_gain"] = round(s_per_img["full"] / s_per_img[key], 3)
+    print(json.dumps({"fixed_memory": {model_name: row}}), flush=True)
     return row
 
 
@@ -156,6 +187,12 @@ def main() -> None:
     )
     parser.add_argument("--latency-batch", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--memory-mib",
+        type=float,
+        default=None,
+        help="also measure throughput when every variant fills this much KV memory (the batch that fits)",
+    )
     parser.add_argument("--out", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
     results = {
@@ -165,6 +202,14 @@ def main() -> None:
             )
         }
     }
+    if args.latency_model and args.memory_mib is not None:
+        try:
+            row = fixed_memory_rows(
+                args.latency_model, args.latency_budgets, args.rank_every[0], args.memory_mib, args.repeats
+            )
+        except ConfigError as err:
+            parser.error(str(err))
+        results["fixed_memory"] = {args.latency_model: row}
     if args.latency_model:
         results["latency"] = {
             args.latency_model: latency_rows(

@@ -194,3 +194,23 @@ def test_a_budget_that_keeps_everything_is_a_warning_naming_the_key(budget: str)
 def test_bad_llamagen_settings_are_clear_errors(overrides: list[str], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         validate(compose_cfg(*overrides))
+
+
+def test_fixed_memory_benchmark_gives_each_variant_the_largest_batch_that_fits() -> None:
+    """At a KV-memory budget between one full-cache image and two ADSA-128 images, the full cache gets
+    one image and ADSA two: the bounded cache's throughput gain comes from the batch it lets fit."""
+    from lazygen.bench_llamagen import MIB, fixed_memory_rows
+
+    row = fixed_memory_rows("tiny_llamagen", [128], 8, memory_mib=2.1, repeats=1)
+    for key in ("full", "adsa128-r8"):
+        per_img, batch = row[f"{key}_kv_mib_per_img"] * MIB, row[f"{key}_batch"]
+        assert batch * per_img <= 2.1 * MIB < (batch + 1) * per_img * 1.001, row
+    assert (row["full_batch"], row["adsa128-r8_batch"]) == (1, 2), row
+    assert row["adsa128-r8_img_per_s"] > 0 and "adsa128-r8_throughput_gain" in row
+
+
+def test_fixed_memory_benchmark_refuses_a_budget_that_holds_no_image() -> None:
+    from lazygen.bench_llamagen import fixed_memory_rows
+
+    with pytest.raises(ConfigError, match="holds no image of full"):
+        fixed_memory_rows("tiny_llamagen", [128], 1, memory_mib=0.5, repeats=1)
