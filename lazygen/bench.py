@@ -10,6 +10,7 @@ ratio is a speedup measured under equal conditions. Speed lives here, never in t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -53,11 +54,17 @@ def generator_for(
     return make_generator(validate(cfg), device)
 
 
-def warm_up_mar(gens, labels: torch.Tensor, seeds: list[int]) -> None:
-    """One untimed short MAR generation per generator: first-call allocations and kernel selection."""
-    warm_up = build_sampler(MARSamplerConf(num_iter=WARM_UP_STEPS, diffusion_steps=WARM_UP_STEPS))
+def warm_up(gens, labels: torch.Tensor, seeds: list[int]) -> None:
+    """One untimed generation per generator in its own precision and compile mode, so first-call
+    allocations, kernel selection and compilation stay out of the timed runs. MAR-family samplers are
+    shortened to ``WARM_UP_STEPS`` AR and diffusion steps; next-token decoding runs its fixed length."""
     for gen in gens:
-        Generator(gen.model, gen.tokenizer, warm_up, gen.policy).generate(labels, seeds)
+        if isinstance(gen.sampler.conf, MARSamplerConf):
+            short = dataclasses.replace(
+                gen.sampler.conf.baseline(WARM_UP_STEPS), diffusion_steps=WARM_UP_STEPS
+            )
+            gen = gen.with_sampler(build_sampler(short))
+        gen.generate(labels, seeds)
 
 
 def flop_rows(models: list[str], caches: list[str], num_iter: int, extra: list[str] = ()) -> dict:
@@ -110,7 +117,7 @@ def latency_rows(models: list[str], caches: list[str], num_iter: int, batch: int
             gen.model, gen.tokenizer = base_model, gens[caches[0]].tokenizer
         n = batch if not name.startswith("mar_") else 1
         labels, seeds = torch.arange(n) % base_model.arch.class_num, list(range(n))
-        warm_up_mar(gens.values(), labels, seeds)
+        warm_up(gens.values(), labels, seeds)
         seconds = {cache: 0.0 for cache in caches}
         for _ in range(repeats):
             for cache, gen in gens.items():
@@ -137,7 +144,7 @@ def method_rows(models: list[str], methods: list[str], batch: int) -> dict:
             gen.model, gen.tokenizer = base.model, base.tokenizer
         n = batch if not name.startswith("mar_") else 1
         labels, seeds = torch.arange(n) % base.model.arch.class_num, list(range(n))
-        warm_up_mar(gens.values(), labels, seeds)
+        warm_up(gens.values(), labels, seeds)
         seconds = {m: gen.generate(labels, seeds).seconds / n for m, gen in gens.items()}
         flops = {
             m: measure_flops(lambda dev, m=m, name=name: generator_for(name, None, None, dev, f"method={m}"),

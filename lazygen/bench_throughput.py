@@ -14,24 +14,7 @@ import json
 
 import torch
 
-from lazygen.bench import WARM_UP_STEPS, generator_for
-from lazygen.samplers.mar import MARSamplerConf
-
-
-def warm_up(gen, labels: torch.Tensor, seeds: list[int]) -> None:
-    """One short generation of this batch size: first-call allocations and kernel choices stay untimed."""
-    conf = gen.sampler.conf
-    saved = conf.num_iter
-    conf.num_iter = min(WARM_UP_STEPS, saved)
-    if isinstance(conf, MARSamplerConf):
-        saved_diffusion, conf.diffusion_steps = conf.diffusion_steps, WARM_UP_STEPS
-    try:
-        gen.generate(labels, seeds)
-    finally:
-        conf.num_iter = saved
-        if isinstance(conf, MARSamplerConf):
-            conf.diffusion_steps = saved_diffusion
-            gen.sampler._diffusion.clear()
+from lazygen.bench import generator_for, warm_up
 
 
 def point(model: str, batch: int, threads: int, precision: str, overrides: list[str]) -> dict:
@@ -40,7 +23,7 @@ def point(model: str, batch: int, threads: int, precision: str, overrides: list[
     arch = gen.model.arch
     labels = torch.arange(batch) % getattr(arch, "num_classes", getattr(arch, "class_num", 1))
     seeds = list(range(batch))
-    warm_up(gen, labels, seeds)
+    warm_up([gen], labels, seeds)
     seconds = gen.generate(labels, seeds).seconds
     return {"model": model, "batch": batch, "threads": threads, "precision": precision,
             "s_per_img": round(seconds / batch, 4), "img_per_s": round(batch / seconds, 3)}  # fmt: skip

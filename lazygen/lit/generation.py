@@ -90,6 +90,13 @@ class Generator(nn.Module):
         self.compile_mode = compile_mode
         self._compiled = False
 
+    def with_sampler(self, sampler: MARSampler) -> Generator:
+        """The same network, tokenizer, policy, numerics and compile mode under another sampler (a
+        benchmark's short warm-up must run the kernels the timed run will)."""
+        twin = Generator(self.model, self.tokenizer, sampler, self.policy)
+        twin.autocast_dtype, twin.compile_mode = self.autocast_dtype, self.compile_mode
+        return twin
+
     def numerics(self, device: torch.device):
         """The context sampling runs in: bf16 autocast for ``bf16-mixed``, else nothing."""
         dtype = self.autocast_dtype

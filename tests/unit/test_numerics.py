@@ -89,3 +89,21 @@ def test_bf16_mixed_stays_close_to_fp32_on_the_same_seeds():
     assert half.latents.dtype == torch.float32
     db = psnr(half.images.permute(0, 3, 1, 2), exact.images.permute(0, 3, 1, 2), cap_db=200)
     assert float(db.mean()) > MIN_BF16_PSNR_DB
+
+
+@pytest.mark.parametrize("method", ["mar_64", "gtr_16"])
+def test_benchmark_warm_up_runs_in_the_generators_precision(method):
+    """A bf16 row's untimed warm-up must exercise bf16 kernels, whatever the method's sampler: a warm-up in
+    fp32 would leave bf16's first-call costs inside the timed run."""
+    from lazygen.bench import warm_up
+
+    gen = make_generator(
+        validate(compose_cfg("model=tiny_mar", f"method={method}", "hardware.precision=bf16-mixed"))
+    )
+    seen: list[torch.dtype] = []
+    handle = gen.model.decoder_embed.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    try:
+        warm_up([gen], torch.tensor([0]), [0])
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {torch.bfloat16}
