@@ -2,7 +2,7 @@
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: help install test test-full lint run bench bench-throughput audit train-tiny floor
+.PHONY: help install test test-full lint run bench bench-throughput audit train-tiny floor gpu-check
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-11s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ train-tiny:  ## retrain the shipped evaluator, tiny_mar (autoencoder, then MAR) 
 	$(PYTHON) -m lazygen.train recipe=tokenizer model=tiny_mar data=digits16 export_dir=lazygen/assets
 	$(PYTHON) -m lazygen.train model=tiny_mar data=digits16 export_dir=lazygen/assets
 	$(PYTHON) -m lazygen.train recipe=llamagen model=tiny_llamagen data=digits16 export_dir=lazygen/assets
+
+gpu-check:  ## on a CUDA machine: parity on CUDA, tiny runs with hardware=gpu (fp32/bf16/compiled), GPU wall-clock
+	bash tests/gpu_check.sh
 
 floor:  ## FID / IS / class accuracy of the real held-out digits (what generated digits can reach)
 	$(PYTHON) -m lazygen.floor

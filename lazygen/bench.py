@@ -107,23 +107,40 @@ def flop_rows(models: list[str], caches: list[str], num_iter: int, extra: list[s
     return rows
 
 
-def latency_rows(models: list[str], caches: list[str], num_iter: int, batch: int, repeats: int) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Where:
+    """Where and how the timed rows run: the device, the batch of the ImageNet-size models (the tiny
+    models take ``--batch``), and overrides every generator gets (e.g. ``hardware.precision=bf16-mixed``)."""
+
+    device: str = "cpu"
+    mar_batch: int = 1
+    overrides: tuple[str, ...] = ()
+
+    def batch_of(self, name: str, batch: int) -> int:
+        return self.mar_batch if name.startswith("mar_") else batch
+
+
+def latency_rows(models: list[str], caches: list[str], num_iter: int, batch: int, repeats: int,
+                 where: Where = Where()) -> dict:  # fmt: skip
     """Seconds per image of each policy on one seeded batch, alternating with the baseline."""
     rows: dict[str, dict] = {}
     for name in models:
-        gens = {cache: generator_for(name, cache, num_iter, "cpu") for cache in caches}
+        gens = {
+            cache: generator_for(name, cache, num_iter, where.device, *where.overrides) for cache in caches
+        }
         base_model = gens[caches[0]].model
         for gen in gens.values():  # one network, so weights and memory are shared
             gen.model, gen.tokenizer = base_model, gens[caches[0]].tokenizer
-        n = batch if not name.startswith("mar_") else 1
-        labels, seeds = torch.arange(n) % base_model.arch.class_num, list(range(n))
+        n = where.batch_of(name, batch)
+        labels, seeds = (torch.arange(n) % base_model.arch.class_num).to(where.device), list(range(n))
         warm_up(gens.values(), labels, seeds)
         seconds = {cache: 0.0 for cache in caches}
         for _ in range(repeats):
             for cache, gen in gens.items():
                 seconds[cache] += gen.generate(labels, seeds).seconds
         per_img = {cache: s / (n * repeats) for cache, s in seconds.items()}
-        rows[name] = {"batch": n, "repeats": repeats, "threads": torch.get_num_threads(),
+        rows[name] = {"batch": n, "repeats": repeats, "threads": torch.get_num_threads(), "device": where.device,
+                      "overrides": list(where.overrides),
                       **{f"{c}_s_per_img": round(v, 3) for c, v in per_img.items()}}  # fmt: skip
         for cache in caches[1:]:
             rows[name][f"{cache}_wall_speedup"] = round(per_img[caches[0]] / per_img[cache], 3)
@@ -131,19 +148,21 @@ def latency_rows(models: list[str], caches: list[str], num_iter: int, batch: int
     return rows
 
 
-def method_rows(models: list[str], methods: list[str], batch: int) -> dict:
+def method_rows(models: list[str], methods: list[str], batch: int, where: Where = Where()) -> dict:
     """Wall-clock against FLOP speedup of whole methods (``method=`` presets: sampler + cache), the first
     the baseline: FLOPs counted on the meta device, seconds from one seeded batch per method after an
     untimed two-step warm-up each, on one network. ``realised`` = wall speedup / FLOP speedup: 1.0 means the
     FLOPs saved turn fully into time saved."""
     rows: dict[str, dict] = {}
     for name in models:
-        gens = {m: generator_for(name, None, None, "cpu", f"method={m}") for m in methods}
+        gens = {
+            m: generator_for(name, None, None, where.device, f"method={m}", *where.overrides) for m in methods
+        }
         base = gens[methods[0]]
         for gen in gens.values():
             gen.model, gen.tokenizer = base.model, base.tokenizer
-        n = batch if not name.startswith("mar_") else 1
-        labels, seeds = torch.arange(n) % base.model.arch.class_num, list(range(n))
+        n = where.batch_of(name, batch)
+        labels, seeds = (torch.arange(n) % base.model.arch.class_num).to(where.device), list(range(n))
         warm_up(gens.values(), labels, seeds)
         seconds = {m: gen.generate(labels, seeds).seconds / n for m, gen in gens.items()}
         flops = {
@@ -151,7 +170,8 @@ def method_rows(models: list[str], methods: list[str], batch: int) -> dict:
                              torch.tensor([0]), [0], "meta").tflops_per_img
             for m in methods
         }  # fmt: skip
-        rows[name] = {"batch": n, "threads": torch.get_num_threads()}
+        rows[name] = {"batch": n, "threads": torch.get_num_threads(), "device": where.device,
+                      "overrides": list(where.overrides)}  # fmt: skip
         for m in methods:
             row = {"s_per_img": round(seconds[m], 3), "tflops_per_img": round(flops[m], 5)}
             if m != methods[0]:
@@ -172,7 +192,11 @@ def main() -> None:
                         help='more FLOP rows, each a quoted set of overrides, e.g. "sampler=gtr"')  # fmt: skip
     parser.add_argument("--latency-models", nargs="*", default=["tiny_mar", "mar_b"],
                         help="models to time on this CPU (none to skip)")  # fmt: skip
-    parser.add_argument("--batch", type=int, default=20, help="batch of tiny models (MAR-B/L/H: 1 image)")
+    parser.add_argument("--batch", type=int, default=20, help="batch of tiny models")
+    parser.add_argument("--mar-batch", type=int, default=1, help="batch of MAR-B/L/H")
+    parser.add_argument("--device", default="cpu", help="device of the timed rows (cpu | cuda)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="OVERRIDE",
+                        help="overrides for every timed generator, e.g. hardware.precision=bf16-mixed hardware.compile=true")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--methods", nargs="*", default=[],
                         help="method presets to time against the first, e.g. mar_64 lazymar_64 gtr_16")  # fmt: skip
@@ -180,11 +204,12 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
     results = {"num_iter": args.num_iter}
+    where = Where(args.device, args.mar_batch, tuple(args.set))
     if args.methods:
-        results["methods"] = method_rows(args.method_models, args.methods, args.batch)
+        results["methods"] = method_rows(args.method_models, args.methods, args.batch, where)
     results["flops"] = flop_rows(args.models, args.caches, args.num_iter, args.extra)
     results["latency"] = latency_rows(
-        args.latency_models, args.caches, args.num_iter, args.batch, args.repeats
+        args.latency_models, args.caches, args.num_iter, args.batch, args.repeats, where
     )
     if args.out:
         with open(args.out, "w") as f:

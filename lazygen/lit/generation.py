@@ -34,6 +34,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def exact_fp32(device: torch.device) -> None:
+    """Keep ``32-true`` exact on CUDA: cuDNN's convolutions default to TF32 (10-bit mantissas), which would
+    put the VAE decode ~1e-3 away from fp32 and from the CPU. Process-wide, as torch's switches are."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
 KIB = 1024
 
 
@@ -121,6 +129,8 @@ class Generator(nn.Module):
         sync(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        if self.autocast_dtype is None:
+            exact_fp32(device)
         self._compile(device)
         compiling = compile_seconds_so_far() if self.compile_mode is not None else 0.0
         start = time.perf_counter()

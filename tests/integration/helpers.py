@@ -47,17 +47,19 @@ def compose_cfg(*overrides: str) -> DictConfig:
         return compose("config", overrides=list(overrides))
 
 
-def official_model(fixture: dict):
+def official_model(fixture: dict, device="cpu"):
     """The MAR of a parity fixture: its official constructor arguments, its weights loaded strictly."""
     from lazygen.models.mar import MAR, MARArch
 
     net = MAR(MARArch(**dict(fixture["config"]))).eval()
     net.load_state_dict(fixture["state_dict"], strict=True)
-    return net
+    return net.to(device)
 
 
 def rel_err(a, b) -> float:
-    """Max absolute error relative to the reference's peak (official samples are large, |x| ~ 1e4)."""
+    """Max absolute error relative to the reference's peak (official samples are large, |x| ~ 1e4), on the
+    CPU (the fixtures live there)."""
+    a, b = a.detach().cpu(), b.detach().cpu()
     return float((a - b).abs().max() / b.abs().max())
 
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import copy
 
 import pytest
 import torch
+from conftest import FIXTURES
 
 from lazygen.models.vae import LATENT_SCALE, AutoencoderKL, DiagonalGaussian
 from lazygen.models.vae.kl import LOGVAR_MAX, LOGVAR_MIN
 
-FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "mar_official_tiny.pt"
+FIXTURE = FIXTURES / "mar_official_tiny.pt"
 FIXTURE_EMBED_DIM = 16
 # Tolerance relative to the largest expected magnitude: the tiny decoder stacks ~30 fp32 convs and its
 # output reaches |x| ~ 4, so element-wise atol=1e-5 is below CPU accumulation-order noise (~2e-5 abs,
@@ -26,6 +27,7 @@ KL16_STATE_TENSORS = 312
 
 
 def assert_close_to_peak(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    actual = actual.cpu()
     peak = float(expected.abs().max())
     torch.testing.assert_close(actual, expected, rtol=REL_TOL, atol=REL_TOL * peak)
 
@@ -53,6 +55,12 @@ def loaded(vae: AutoencoderKL, kl_fixture: dict) -> AutoencoderKL:
     return vae
 
 
+@pytest.fixture(scope="module")
+def on_device(loaded: AutoencoderKL, device: torch.device) -> AutoencoderKL:
+    """The loaded autoencoder on the tests' device (a copy: the CPU tests below keep theirs)."""
+    return copy.deepcopy(loaded).to(device)
+
+
 def test_strict_load_with_official_names_and_shapes(loaded: AutoencoderKL, kl_fixture: dict) -> None:
     ours = {k: tuple(v.shape) for k, v in loaded.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in kl_fixture["state_dict"].items()}
@@ -60,15 +68,17 @@ def test_strict_load_with_official_names_and_shapes(loaded: AutoencoderKL, kl_fi
 
 
 @torch.no_grad()
-def test_decode_matches_official(loaded: AutoencoderKL, kl_fixture: dict) -> None:
-    out = loaded.decode(kl_fixture["z"])
+def test_decode_matches_official(on_device: AutoencoderKL, kl_fixture: dict, device: torch.device) -> None:
+    out = on_device.decode(kl_fixture["z"].to(device))
     assert out.shape == kl_fixture["decode_out"].shape
     assert_close_to_peak(out, kl_fixture["decode_out"])
 
 
 @torch.no_grad()
-def test_encode_moments_match_official(loaded: AutoencoderKL, kl_fixture: dict) -> None:
-    moments = loaded.encode_moments(kl_fixture["encode_in"])
+def test_encode_moments_match_official(
+    on_device: AutoencoderKL, kl_fixture: dict, device: torch.device
+) -> None:
+    moments = on_device.encode_moments(kl_fixture["encode_in"].to(device))
     assert moments.shape == kl_fixture["encode_moments"].shape
     assert_close_to_peak(moments, kl_fixture["encode_moments"])
 

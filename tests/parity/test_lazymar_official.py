@@ -16,8 +16,8 @@ REL_TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def model(lazymar_fixture) -> MAR:
-    return official_model(lazymar_fixture)
+def model(lazymar_fixture, device) -> MAR:
+    return official_model(lazymar_fixture, device)
 
 
 def official_run(fixture: dict, model: MAR, policy) -> torch.Tensor:
@@ -32,16 +32,16 @@ def official_run(fixture: dict, model: MAR, policy) -> torch.Tensor:
     )
     torch.manual_seed(fixture["seed"])
     np.random.seed(fixture["seed"])
-    return sampler.sample(model, fixture["labels"], policy=policy)
+    return sampler.sample(model, fixture["labels"].to(next(model.parameters()).device), policy=policy)
 
 
-def test_no_cache_reproduces_official_mar(lazymar_fixture, model):
+def test_no_cache_reproduces_official_mar(lazymar_fixture, model, cpu_draws):
     out = official_run(lazymar_fixture, model, NoCache())
     assert rel_err(out, lazymar_fixture["mar_sample"]) < REL_TOL
     assert rel_err(out, lazymar_fixture["lazymar_off_sample"]) < REL_TOL
 
 
-def test_lazymar_reproduces_official_lazymar(lazymar_fixture, model):
+def test_lazymar_reproduces_official_lazymar(lazymar_fixture, model, cpu_draws):
     out = official_run(lazymar_fixture, model, LazyMARPolicy(LazyMARConf()))
     target = lazymar_fixture["lazymar_sample"]
     assert rel_err(out, target) < REL_TOL

@@ -9,17 +9,16 @@ second, the same token fed to both halves), then temperature, top-k, top-p, soft
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import FIXTURES, to_device
 
 from lazygen.models.llamagen import LlamaGen, LlamaGenArch, VQArch, VQModel
 from lazygen.samplers.ar import filter_logits
 from lazygen.weights import load_strict
 
-FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "llamagen_official_tiny.pt"
+FIXTURE = FIXTURES / "llamagen_official_tiny.pt"
 LOGITS_REL_TOL = 1e-5
 VQ_REL_TOL = 1e-4
 TEMPERATURE_FLOOR = 1e-5  # official: logits / max(temperature, 1e-5)
@@ -27,6 +26,7 @@ GENERATE_RUNS = ("cfg2_topk0", "cfg4_topk10_temp0.9", "nocfg_topp0.8", "cfg1.5_i
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().cpu(), b.detach().cpu()
     return float((a - b).abs().max() / b.abs().max())
 
 
@@ -38,10 +38,10 @@ def fixture() -> dict:
 
 
 @pytest.fixture(scope="module")
-def model(fixture: dict) -> LlamaGen:
+def model(fixture: dict, device: torch.device) -> LlamaGen:
     net = LlamaGen(LlamaGenArch(**fixture["config"])).eval()
     load_strict(net, fixture["state_dict"], source=str(FIXTURE))
-    return net
+    return net.to(device)
 
 
 # ---- the official generate(), restated on lazygen's API ------------------------------------------------
@@ -103,16 +103,18 @@ def test_state_dict_keys_and_shapes_are_official(fixture: dict, model: LlamaGen)
 
 
 @torch.no_grad()
-def test_full_forward_logits(fixture: dict, model: LlamaGen) -> None:
-    f = fixture["forward"]
+def test_full_forward_logits(fixture: dict, model: LlamaGen, device: torch.device) -> None:
+    f = to_device(fixture["forward"], device)
     logits = model(f["idx"], f["labels"])
     assert logits.dtype == torch.float32 and logits.shape == f["logits"].shape
     assert rel_err(logits, f["logits"]) < LOGITS_REL_TOL
 
 
 @torch.no_grad()
-def test_kv_cache_prefill_and_steps_match_full_forward(fixture: dict, model: LlamaGen) -> None:
-    f = fixture["forward"]
+def test_kv_cache_prefill_and_steps_match_full_forward(
+    fixture: dict, model: LlamaGen, device: torch.device
+) -> None:
+    f = to_device(fixture["forward"], device)
     caches = model.new_caches(len(f["labels"]))
     logits = [model.prefill(f["labels"], caches)]
     for n in range(f["idx"].shape[1]):
@@ -121,19 +123,22 @@ def test_kv_cache_prefill_and_steps_match_full_forward(fixture: dict, model: Lla
 
 
 @pytest.mark.parametrize("run", GENERATE_RUNS)
-def test_official_generate_reproduces_token_ids(fixture: dict, model: LlamaGen, run: str) -> None:
+def test_official_generate_reproduces_token_ids(fixture: dict, model: LlamaGen, run: str, cpu_draws) -> None:
     f = fixture["generate"]
     spec = f["runs"][run]
     torch.manual_seed(f["seed"])
-    out = official_generate(model, f["labels"], f["max_new_tokens"], **spec["kwargs"])
-    assert torch.equal(out, spec["out"].long())
+    out = official_generate(
+        model, f["labels"].to(next(model.parameters()).device), f["max_new_tokens"], **spec["kwargs"]
+    )
+    assert torch.equal(out.cpu(), spec["out"].long())
 
 
 @torch.no_grad()
-def test_vq_loads_strictly_and_decodes_codes(fixture: dict) -> None:
+def test_vq_loads_strictly_and_decodes_codes(fixture: dict, device: torch.device) -> None:
     f = fixture["vq"]
     vq = VQModel(VQArch(**f["config"])).eval()
     load_strict(vq, f["state_dict"], source=f"{FIXTURE}[vq]")
+    vq, f = vq.to(device), {**f, "codes": f["codes"].to(device)}
     images = vq.decode_code(f["codes"], tuple(f["shape"]))
     assert images.shape == f["decode_out"].shape
     assert rel_err(images, f["decode_out"]) < VQ_REL_TOL
@@ -141,7 +146,9 @@ def test_vq_loads_strictly_and_decodes_codes(fixture: dict) -> None:
 
 
 @pytest.mark.parametrize("run", GENERATE_RUNS)
-def test_ar_sampler_with_official_rng_reproduces_generate(fixture: dict, model: LlamaGen, run: str) -> None:
+def test_ar_sampler_with_official_rng_reproduces_generate(
+    fixture: dict, model: LlamaGen, run: str, cpu_draws
+) -> None:
     """sampler=ar, rng=official: the official generate() token for token (with the full KV cache)."""
     from lazygen.samplers.ar import ARSampler, ARSamplerConf
 
@@ -150,5 +157,5 @@ def test_ar_sampler_with_official_rng_reproduces_generate(fixture: dict, model: 
     kw = dict(spec["kwargs"])
     conf = ARSamplerConf(num_iter=f["max_new_tokens"], cfg=kw.pop("cfg_scale", 1.0), rng="official", **kw)
     torch.manual_seed(f["seed"])
-    out = ARSampler(conf).sample(model, f["labels"])
-    assert torch.equal(out, spec["out"].long())
+    out = ARSampler(conf).sample(model, f["labels"].to(next(model.parameters()).device))
+    assert torch.equal(out.cpu(), spec["out"].long())

@@ -28,8 +28,8 @@ def fixture() -> dict:
 
 
 @pytest.fixture(scope="module")
-def model(fixture) -> MAR:
-    return official_model(fixture)
+def model(fixture, device) -> MAR:
+    return official_model(fixture, device)
 
 
 def official_run(fixture: dict, model: MAR, run: dict, policy) -> torch.Tensor:
@@ -37,7 +37,7 @@ def official_run(fixture: dict, model: MAR, run: dict, policy) -> torch.Tensor:
                                         temperature=fixture["temperature"], rng="official"))  # fmt: skip
     torch.manual_seed(fixture["seed"])
     np.random.seed(fixture["seed"])
-    return sampler.sample(model, fixture["labels"], policy=policy)
+    return sampler.sample(model, fixture["labels"].to(next(model.parameters()).device), policy=policy)
 
 
 def policy_for(run: dict) -> ReCAPPolicy:
@@ -45,13 +45,13 @@ def policy_for(run: dict) -> ReCAPPolicy:
                                  cache_buffer=run["cache_buffer"], fast_ratio=0.5))  # fmt: skip
 
 
-def test_all_full_run_is_mar(fixture, model):
+def test_all_full_run_is_mar(fixture, model, cpu_draws):
     run = fixture["runs"]["full"]
     assert rel_err(official_run(fixture, model, run, policy_for(run)), run["tokens"]) < REL_TOL
 
 
 @pytest.mark.parametrize("name", RECAP_RUNS)
-def test_recap_reproduces_official(fixture, model, name):
+def test_recap_reproduces_official(fixture, model, name, cpu_draws):
     run = fixture["runs"][name]
     out = official_run(fixture, model, run, policy_for(run))
     assert rel_err(out, run["tokens"]) < REL_TOL
