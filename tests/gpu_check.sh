@@ -2,7 +2,8 @@
 # `make gpu-check`: every GPU path in one pass, on one CUDA device.
 #   1. the parity tests on CUDA (official fixtures, the CPU tolerances; compiled = CUDA graphs);
 #   2. the default tiny run with hardware=gpu in fp32, bf16-mixed and compiled, and PSNR of each against a
-#      CPU run of the same seeds (CPU_RUN; images depend only on their seeds, so they should agree);
+#      CPU run of the same seeds (CPU_RUN; images depend only on their seeds, so they should agree); tiny_llamagen
+#      with and without ADSA;
 #   3. optionally (SBS=path/to/side_by_side.py): the side-by-side timing against the official code;
 #   4. MAR-B and tiny_mar wall-clock of MAR and LazyMAR on the GPU (lazygen.bench --device cuda).
 # Each step has its own time limit and appends to one log, so a failure does not hide the steps after it.
@@ -45,6 +46,12 @@ for v in fp32 bf16 compiled; do
   grep -E "latency|fid|class_acc|compile" "$RUNS/$v/metrics.json" | tr -d '\n' | tee -a "$OUT/summary.txt"
   echo | tee -a "$OUT/summary.txt"
   cat "$RUNS/$v/metrics.json" >>"$LOG" 2>/dev/null
+done
+for c in none adsa; do  # LlamaGen's GPU path: a network-free tokenizer, the token grid in pinned memory
+  step "tiny_llamagen_gpu_$c" 120 $PY -m lazygen model=tiny_llamagen cache=$c hardware=gpu logger=none \
+    callbacks.progress_bar=false "hydra.run.dir=$RUNS/llamagen_$c"
+  grep -E "latency|fid\"|class_acc\"" "$RUNS/llamagen_$c/metrics.json" | tr -d '\n' | tee -a "$OUT/summary.txt"
+  echo | tee -a "$OUT/summary.txt"
 done
 if [ -n "$CPU_RUN" ]; then  # PSNR of the GPU images against the CPU run of the same seeds
   CPU_RUN=$(cd "$CPU_RUN" && pwd)

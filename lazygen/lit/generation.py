@@ -152,14 +152,23 @@ class GenerationModule(L.LightningModule):
         self.generator = generator
         self.extractor = extractor  # quality features, extracted where the images are made
 
+    def _extractor_device(self, default: torch.device) -> torch.device:
+        tensor = next(iter(self.extractor.parameters()), None)
+        if tensor is None:
+            tensor = next(iter(self.extractor.buffers()), None)
+        return tensor.device if tensor is not None else default
+
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
         out = self.generator.generate(batch["label"], [int(s) for s in batch["seed"].tolist()])
         extracted = {}
         if self.extractor is not None:
             from lazygen.metrics.quality import split_extractor_output
 
+            # images may come back on the host (the AR sampler writes its token grid to pinned memory, and a
+            # network-free tokenizer keeps it there): the extractor reads them where its weights are
+            images = out.images.to(self._extractor_device(out.images.device))
             with torch.no_grad():
-                features = split_extractor_output(self.extractor(out.images.permute(0, 3, 1, 2).contiguous()))
+                features = split_extractor_output(self.extractor(images.permute(0, 3, 1, 2).contiguous()))
             extracted = {"features": features.features.float().cpu(), "logits": features.logits.float().cpu()}
         return {
             **extracted,
