@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from lazygen.lit.generation import Generator
 from lazygen.metrics.flops import count_flops
 from lazygen.metrics.hints import hints_for
-from lazygen.models.mar.diffloss import DiffLoss, SimpleMLPAdaLN
+from lazygen.models.mar.diffloss import DiffLoss, FinalLayer, ResBlock, SimpleMLPAdaLN
 from lazygen.models.mar.transformer import Attention, Block, Mlp
 
 # Methods whose meta-device calls are memoised by input shapes while counting (see ``shape_memo``).
@@ -28,7 +28,10 @@ MEMOISED_METHODS: tuple[tuple[type[nn.Module], str], ...] = (
     (Attention, "attend"),  # blocks run with cache hooks are not memoised, but their parts are
     (Mlp, "forward"),
     (nn.Linear, "forward"),
+    (nn.LayerNorm, "forward"),  # no FLOPs of its own, but ~3 ms per meta call (a Python decomposition)
     (SimpleMLPAdaLN, "forward"),
+    (ResBlock, "apply"),  # the diffusion head's per-step blocks: 100 steps of one chain share their shapes
+    (FinalLayer, "apply"),
     (DiffLoss, "sample"),
 )
 # Keyword arguments that make a call's work depend on more than shapes (cache hooks): calls that set

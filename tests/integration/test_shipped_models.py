@@ -45,14 +45,14 @@ def test_evaluator_classifies_held_out_digits():
 
 
 def test_shipped_tiny_mar_draws_digits_of_the_asked_class(tmp_path):
-    """20 samples (2 per class) at the default 64 steps and cfg: the evaluator agrees with the label."""
+    """10 samples (one per class) at the default 64 steps and cfg: the evaluator agrees with the label."""
     run_dir = tmp_path / "run"
-    metrics = run_job(compose_cfg("logger=none", "callbacks.progress_bar=false", "data.num_images=20",
-                                  "data.batch_size=20", "metrics.flops.enabled=false"), run_dir)  # fmt: skip
+    metrics = run_job(compose_cfg("logger=none", "callbacks.progress_bar=false", "data.num_images=10",
+                                  "data.batch_size=10", "metrics.flops.enabled=false"), run_dir)  # fmt: skip
     assert metrics["quality/class_acc"] >= 0.8, metrics
     assert {"quality/fid", "quality/is_mean"} <= metrics.keys()
     grid = np.asarray(Image.open(run_dir / "grid.png"))
-    assert grid.shape[0] == 10 * 64 and grid.shape[1] == 2 * 64  # one row per class, 2 per row
+    assert grid.shape[0] == 10 * 64 and grid.shape[1] == 64  # one row per class
 
 
 def test_grid_rows_are_classes():
