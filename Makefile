@@ -11,7 +11,7 @@ install:  ## install lazygen (editable) with dev tools; CPU torch first so no CU
 	$(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
 	$(PYTHON) -m pip install -e ".[dev]"
 
-test:  ## the fast default suite (slow tests excluded), under 15 minutes on 2 cores (777 s on 2026-12-04)
+test:  ## the fast default suite (slow tests excluded), under 15 minutes on 2 cores (758-777 s on 2026-12-04)
 	$(PYTHON) -m pytest -q
 
 test-full:  ## every test, slow ones included

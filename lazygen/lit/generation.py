@@ -153,6 +153,9 @@ class GenerationModule(L.LightningModule):
         self.extractor = extractor  # quality features, extracted where the images are made
 
     def _extractor_device(self, default: torch.device) -> torch.device:
+        """Where the extractor's weights are; ``default`` for one without any (or a plain callable)."""
+        if not isinstance(self.extractor, nn.Module):
+            return default
         tensor = next(iter(self.extractor.parameters()), None)
         if tensor is None:
             tensor = next(iter(self.extractor.buffers()), None)
