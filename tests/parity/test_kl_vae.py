@@ -6,12 +6,10 @@ import copy
 
 import pytest
 import torch
-from conftest import FIXTURES
 
 from lazygen.models.vae import LATENT_SCALE, AutoencoderKL, DiagonalGaussian
 from lazygen.models.vae.kl import LOGVAR_MAX, LOGVAR_MIN
 
-FIXTURE = FIXTURES / "mar_official_tiny.pt"
 FIXTURE_EMBED_DIM = 16
 # Tolerance relative to the largest expected magnitude: the tiny decoder stacks ~30 fp32 convs and its
 # output reaches |x| ~ 4, so element-wise atol=1e-5 is below CPU accumulation-order noise (~2e-5 abs,
@@ -37,10 +35,8 @@ def millions(module: torch.nn.Module) -> float:
 
 
 @pytest.fixture(scope="module")
-def kl_fixture() -> dict:
-    if not FIXTURE.exists():
-        pytest.skip(f"parity fixture {FIXTURE} is not present (it lives in ../shared/fixtures)")
-    return torch.load(FIXTURE, weights_only=False)["kl_vae"]
+def kl_fixture(mar_fixture: dict) -> dict:
+    return mar_fixture["kl_vae"]  # the autoencoder's part of the MAR fixture (loaded once per session)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FIXTURES, to_device
+from conftest import FIXTURES, load_fixture, to_device
+from helpers import rel_err
 
 from lazygen.models.llamagen import LlamaGen, LlamaGenArch, VQArch, VQModel
 from lazygen.samplers.ar import filter_logits
@@ -25,16 +26,9 @@ TEMPERATURE_FLOOR = 1e-5  # official: logits / max(temperature, 1e-5)
 GENERATE_RUNS = ("cfg2_topk0", "cfg4_topk10_temp0.9", "nocfg_topp0.8", "cfg1.5_interval20")
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().cpu(), b.detach().cpu()
-    return float((a - b).abs().max() / b.abs().max())
-
-
 @pytest.fixture(scope="module")
 def fixture() -> dict:
-    if not FIXTURE.exists():
-        pytest.skip(f"parity fixture {FIXTURE} is not present (it lives in ../shared/fixtures)")
-    return torch.load(FIXTURE, weights_only=False)
+    return load_fixture(FIXTURE.name)
 
 
 @pytest.fixture(scope="module")
@@ -123,13 +117,13 @@ def test_kv_cache_prefill_and_steps_match_full_forward(
 
 
 @pytest.mark.parametrize("run", GENERATE_RUNS)
-def test_official_generate_reproduces_token_ids(fixture: dict, model: LlamaGen, run: str, cpu_draws) -> None:
+def test_official_generate_reproduces_token_ids(
+    fixture: dict, model: LlamaGen, run: str, device: torch.device, cpu_draws
+) -> None:
     f = fixture["generate"]
     spec = f["runs"][run]
     torch.manual_seed(f["seed"])
-    out = official_generate(
-        model, f["labels"].to(next(model.parameters()).device), f["max_new_tokens"], **spec["kwargs"]
-    )
+    out = official_generate(model, f["labels"].to(device), f["max_new_tokens"], **spec["kwargs"])
     assert torch.equal(out.cpu(), spec["out"].long())
 
 
@@ -147,7 +141,7 @@ def test_vq_loads_strictly_and_decodes_codes(fixture: dict, device: torch.device
 
 @pytest.mark.parametrize("run", GENERATE_RUNS)
 def test_ar_sampler_with_official_rng_reproduces_generate(
-    fixture: dict, model: LlamaGen, run: str, cpu_draws
+    fixture: dict, model: LlamaGen, run: str, device: torch.device, cpu_draws
 ) -> None:
     """sampler=ar, rng=official: the official generate() token for token (with the full KV cache)."""
     from lazygen.samplers.ar import ARSampler, ARSamplerConf
@@ -157,5 +151,5 @@ def test_ar_sampler_with_official_rng_reproduces_generate(
     kw = dict(spec["kwargs"])
     conf = ARSamplerConf(num_iter=f["max_new_tokens"], cfg=kw.pop("cfg_scale", 1.0), rng="official", **kw)
     torch.manual_seed(f["seed"])
-    out = ARSampler(conf).sample(model, f["labels"].to(next(model.parameters()).device))
+    out = ARSampler(conf).sample(model, f["labels"].to(device))
     assert torch.equal(out.cpu(), spec["out"].long())
