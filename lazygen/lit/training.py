@@ -176,8 +176,9 @@ class MARFitModule(_FitModule):
 
     def masked_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         model, r, gen = self.net, self.recipe, self.rng
-        with torch.no_grad():  # the tokenizer is frozen
-            tokens = model.patchify(self.tokenizer.encode_to_latent(images, sample=r.posterior == "sample"))
+        with torch.no_grad():  # the tokenizer is frozen; its posterior noise comes from the recipe's stream
+            latent = self.tokenizer.encode_to_latent(images, generator=gen, sample=r.posterior == "sample")
+            tokens = model.patchify(latent)
         n, seq_len, _ = tokens.shape
         ratio = truncated_normal(r.mask_ratio_min, 1.0, 1.0, r.mask_ratio_std, gen)
         num_masked = min(seq_len, math.ceil(seq_len * ratio))

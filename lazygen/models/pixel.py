@@ -32,6 +32,9 @@ class PixelTokenizer(nn.Module):
         image = (latent / self.latent_scale + self.latent_shift).clamp(-1, 1)
         return image.expand(-1, RGB, -1, -1) if image.shape[1] == 1 else image
 
-    def encode_to_latent(self, images: torch.Tensor, sample: bool = True) -> torch.Tensor:
-        """Images in [-1, 1] (B, C, H, W) -> tokens (deterministic: ``sample`` is the KL autoencoder's flag)."""
+    def encode_to_latent(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
+    ) -> torch.Tensor:
+        """Images in [-1, 1] (B, C, H, W) -> tokens (deterministic: ``generator`` and ``sample`` are the KL
+        autoencoder's)."""
         return (images - self.latent_shift) * self.latent_scale
