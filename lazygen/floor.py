@@ -26,7 +26,7 @@ from lazygen.data.digits16 import DatasetConf, load_digits16, to_uint8_rgb
 from lazygen.errors import LazygenError
 from lazygen.metrics.damage import Damage, damages
 from lazygen.metrics.digits_classifier import load_digits16_evaluator
-from lazygen.metrics.diversity import class_diversity, diversity_ratio
+from lazygen.metrics.diversity import class_diversity, diversity_ratio, feature_class_diversity
 from lazygen.metrics.quality import DEFAULT_BOOTSTRAP, QualityMeter
 from lazygen.weights import resolve_weight
 
@@ -74,7 +74,7 @@ def class_matched(labels: np.ndarray, target: np.ndarray) -> np.ndarray:
 def run_quality(run_dir: Path, split: str = "heldout", splits: int = 10) -> dict[str, float]:
     """The metrics of a finished run's class-matched subset (its ``samples.npz``) against ``split``, and
     the within-class diversity of all its images relative to the real digits of ``split`` (min over
-    classes and mean)."""
+    classes and mean), in pixels and in the evaluator's features."""
     from lazygen.run import NPZ_FILE
 
     path = Path(run_dir) / NPZ_FILE
@@ -87,10 +87,17 @@ def run_quality(run_dir: Path, split: str = "heldout", splits: int = 10) -> dict
     keep = class_matched(data["labels"], target.numpy())
     images = torch.from_numpy(data["arr_0"][keep]).permute(0, 3, 1, 2).contiguous()
     out = measure(images, torch.from_numpy(data["labels"][keep]), splits)
+    real_images = to_uint8_rgb(real)
     ratio = diversity_ratio(class_diversity(data["arr_0"], data["labels"]),
-                            class_diversity(to_uint8_rgb(real).numpy(), target.numpy()))  # fmt: skip
+                            class_diversity(real_images.numpy(), target.numpy()))  # fmt: skip
     out["quality/diversity_ratio_min"] = min(ratio.values())
     out["quality/diversity_ratio_mean"] = sum(ratio.values()) / len(ratio)
+    evaluator = load_digits16_evaluator()
+    every = torch.from_numpy(data["arr_0"]).permute(0, 3, 1, 2).contiguous()
+    ratio = diversity_ratio(feature_class_diversity(evaluator, every, data["labels"], BATCH),
+                            feature_class_diversity(evaluator, real_images, target, BATCH))  # fmt: skip
+    out["quality/feature_diversity_ratio_min"] = min(ratio.values())
+    out["quality/feature_diversity_ratio_mean"] = sum(ratio.values()) / len(ratio)
     return out
 
 
@@ -132,7 +139,9 @@ def main() -> None:
             m = rows[f"{args.run} (class-matched)"]
             print(
                 f"\nwithin-class diversity of every image of {args.run} over the real {args.split} digits': "
-                f"min {m['quality/diversity_ratio_min']:.2f}, mean {m['quality/diversity_ratio_mean']:.2f}"
+                f"min {m['quality/diversity_ratio_min']:.2f}, mean {m['quality/diversity_ratio_mean']:.2f} in pixels; "
+                f"min {m['quality/feature_diversity_ratio_min']:.2f}, mean "
+                f"{m['quality/feature_diversity_ratio_mean']:.2f} in the evaluator's features"
             )
 
 

@@ -23,18 +23,35 @@ def mean_pairwise_distance(images: torch.Tensor) -> float:
     return float(dist.sum() / (n * (n - 1)))
 
 
+def per_class_diversity(vectors: torch.Tensor, labels: np.ndarray | torch.Tensor) -> dict[int, float]:
+    """Per class with at least two members: the mean pairwise Euclidean distance of its rows (N, ...)."""
+    y = torch.as_tensor(np.asarray(labels))
+    return {
+        int(c): mean_pairwise_distance(vectors[y == c])
+        for c in torch.unique(y).tolist()
+        if int((y == c).sum()) >= 2
+    }
+
+
 def class_diversity(images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> dict[int, float]:
     """Per class with at least two images: the mean pairwise distance of its images in [0, 1] pixels.
 
     ``images`` are uint8 (N, H, W, C) or (N, C, H, W); only distances matter, so the layout is free.
     """
-    x = torch.as_tensor(np.asarray(images)).to(torch.float64) / PIXEL_MAX
-    y = torch.as_tensor(np.asarray(labels))
-    return {
-        int(c): mean_pairwise_distance(x[y == c])
-        for c in torch.unique(y).tolist()
-        if int((y == c).sum()) >= 2
-    }
+    return per_class_diversity(torch.as_tensor(np.asarray(images)).to(torch.float64) / PIXEL_MAX, labels)
+
+
+def feature_class_diversity(
+    extractor: torch.nn.Module, images: torch.Tensor, labels: np.ndarray | torch.Tensor, batch: int = 256
+) -> dict[int, float]:
+    """Per class: the mean pairwise distance of the evaluator's features of uint8 images (N, 3, H, W).
+
+    Pixel distance counts stroke noise as variety; the evaluator's features, trained to tell digits
+    apart, change with shape far more than with speckle, so this version sees whether the shapes vary.
+    """
+    with torch.no_grad():
+        feats = torch.cat([extractor(images[i : i + batch])[0] for i in range(0, len(images), batch)])
+    return per_class_diversity(feats.to(torch.float64), labels)
 
 
 def diversity_ratio(generated: dict[int, float], real: dict[int, float]) -> dict[int, float]:

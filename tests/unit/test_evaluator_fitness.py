@@ -19,6 +19,7 @@ from lazygen.metrics.damage import NOISE_LEVELS, add_noise, gaussian_blur, shuff
 from lazygen.metrics.quality import CLASS_ACC_KEY, FID_KEY, bootstrap_standard_errors, compute_stats
 
 SE = "_se"
+NOISY_SIGMA = 0.3  # pixel noise that lifts one prototype per class to 0.84 of real pixel diversity
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,34 @@ def test_diversity_sees_a_collapse_to_one_prototype_per_class():
     half = varied.clone()
     half[20:] = varied[:20]  # each class repeats its images once: still fairly diverse
     assert all(0.5 < v < 1.0 for v in diversity_ratio(class_diversity(half, labels), real).values())
+
+
+def test_feature_diversity_tells_noise_from_varied_shapes():
+    """One real digit per class plus pixel noise reads as varied in pixels but not in the evaluator's
+    features; real digits plus the same noise keep their feature diversity."""
+    pytest.importorskip("sklearn")
+    from lazygen.data.digits16 import load_digits16, to_uint8_rgb
+    from lazygen.metrics.digits_classifier import load_digits16_evaluator
+    from lazygen.metrics.diversity import class_diversity, diversity_ratio, feature_class_diversity
+
+    real, labels = load_digits16(None, "heldout")
+    evaluator = load_digits16_evaluator()
+    first = {int(c): int((labels == c).nonzero()[0]) for c in labels.unique()}
+    prototypes = real[torch.tensor([first[int(c)] for c in labels])]
+    gen = torch.Generator().manual_seed(0)
+
+    def ratios(images: torch.Tensor) -> tuple[float, float]:
+        pixels = diversity_ratio(class_diversity(to_uint8_rgb(images).numpy(), labels),
+                                 class_diversity(to_uint8_rgb(real).numpy(), labels))  # fmt: skip
+        features = diversity_ratio(feature_class_diversity(evaluator, to_uint8_rgb(images), labels),
+                                   feature_class_diversity(evaluator, to_uint8_rgb(real), labels))  # fmt: skip
+        return float(np.mean(list(pixels.values()))), float(np.mean(list(features.values())))
+
+    noise = NOISY_SIGMA * torch.randn(real.shape, generator=gen)
+    pixel, feature = ratios((prototypes + noise).clamp(-1, 1))
+    assert pixel > 0.8 and feature < 0.5, (pixel, feature)
+    assert ratios(real)[1] == pytest.approx(1.0)
+    assert ratios((real + noise).clamp(-1, 1))[1] == pytest.approx(1.0, abs=0.05)
 
 
 def test_class_matched_subset_takes_the_first_images_of_each_class():
