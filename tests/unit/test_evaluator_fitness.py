@@ -124,6 +124,23 @@ def test_feature_diversity_tells_noise_from_varied_shapes():
     assert ratios((real + noise).clamp(-1, 1))[1] == pytest.approx(1.0, abs=0.05)
 
 
+def test_a_run_of_the_real_digits_measures_as_the_floor(tmp_path):
+    """``lazygen.floor --run`` on a run dir whose samples are the held-out digits themselves: the class-matched
+    subset is the whole split, so FID equals the floor's and both diversity ratios are 1."""
+    pytest.importorskip("sklearn")
+    from lazygen.data.digits16 import load_digits16, to_uint8_rgb
+    from lazygen.floor import real_quality, run_quality
+    from lazygen.run import NPZ_FILE
+
+    real, labels = load_digits16(None, "heldout")
+    np.savez(tmp_path / NPZ_FILE, arr_0=to_uint8_rgb(real).permute(0, 2, 3, 1).numpy(), labels=labels.numpy())
+    with torch.no_grad():
+        run, floor = run_quality(tmp_path), real_quality()
+    assert run["quality/fid"] == pytest.approx(floor["quality/fid"], rel=1e-6)
+    for key in ("diversity_ratio", "feature_diversity_ratio"):
+        assert run[f"quality/{key}_min"] == pytest.approx(1.0) == run[f"quality/{key}_mean"]
+
+
 def test_class_matched_subset_takes_the_first_images_of_each_class():
     from lazygen.floor import class_matched
 
