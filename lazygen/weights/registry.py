@@ -117,6 +117,11 @@ _ENTRIES: tuple[WeightFile, ...] = (
     ),
     _bundled("tiny_mar", "tiny_mar.safetensors", "tiny MAR trained by lazygen on digits16 (EMA weights)."),
     _bundled(
+        "tiny_mar_samples",
+        "tiny_mar_samples.safetensors",
+        "tiny_mar's candidate successor: trained on posterior samples, 12000 steps (EMA weights; README).",
+    ),
+    _bundled(
         "tiny_kl",
         "tiny_kl.safetensors",
         "tiny_mar's stride-1 KL autoencoder, trained by lazygen on digits16 (EMA weights).",

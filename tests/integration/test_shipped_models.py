@@ -20,7 +20,9 @@ MAX_SHIPPED_BYTES = 20 * 1024 * 1024
 MANIFEST_KEYS = ("sha256", "command", "commit", "final_loss", "steps")
 
 
-@pytest.mark.parametrize("name", ["tiny_mar", "tiny_kl", "tiny_llamagen", "digits16_evaluator"])
+@pytest.mark.parametrize(
+    "name", ["tiny_mar", "tiny_mar_samples", "tiny_kl", "tiny_llamagen", "digits16_evaluator"]
+)
 def test_shipped_weights_match_their_manifest(name):
     manifest = json.loads((ASSETS_DIR / f"{name}.json").read_text())
     weights = ASSETS_DIR / manifest["file"]
