@@ -123,6 +123,7 @@ def _entry(url: str, *, sha256: str | None = PAYLOAD_SHA, size: int | None = len
 
 def test_registry_entries_match_reference() -> None:
     assert set(known_weights()) == {"kl16", "mar_b", "mar_l", "mar_h", "adm_in256_stats", "tiny_mar",
+                                    "tiny_mar_samples",
                                     "tiny_kl", "tiny_llamagen", "digits16_evaluator", "digits16_stats", "llamagen_b_256",
                                     "llamagen_b_384", "llamagen_l_256", "llamagen_l_384", "llamagen_xl_384",
                                     "llamagen_xxl_384", "llamagen_3b_384", "vq_ds16_c2i"}  # fmt: skip
