@@ -23,13 +23,15 @@ import numpy as np
 import torch
 import yaml
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lazygen.errors import LazygenError
-from lazygen.metrics.quality import STANDARD_ERROR_SUFFIX, psnr
+from lazygen.metrics.quality import CLASS_ACC_KEY, DIFF_SUFFIX, FID_KEY, STANDARD_ERROR_SUFFIX, psnr
 from lazygen.run import METRICS_FILE, NPZ_FILE, PSNR_CAP_DB
 
 MIB = 2**20
+EXTRACT_BATCH = 256  # images per extractor call for samples whose features the run did not keep
+PAIRED_SEED = 0  # the paired bootstrap's resampling seed: the same table twice gives the same errors
 COLUMNS = (  # (header, metrics key, format, scale)
     ("TFLOPs/img", "flops/tflops_per_img", "{:.4f}", 1),
     ("FID", "quality/fid", "{:.1f}", 1),
@@ -43,6 +45,11 @@ COLUMNS = (  # (header, metrics key, format, scale)
     ("s/img", "perf/latency_s_per_img", "{:.3f}", 1),
     ("wall speedup vs its baseline", "perf/speedup", "{:.2f}", 1),
 )
+PAIRED_COLUMNS = (  # (header, key in a row's "vs_baseline", format): paired differences from the baseline
+    ("ΔFID vs baseline (paired)", FID_KEY + DIFF_SUFFIX, "{:+.1f}"),
+    ("Δ class acc (paired)", CLASS_ACC_KEY + DIFF_SUFFIX, "{:+.3f}"),
+)
+NOISE_SE = 2.0  # a paired difference within this many standard errors is marked as noise
 
 
 def _run_dirs(paths: list[Path], baseline: str | None) -> tuple[Path, list[Path]]:
@@ -95,9 +102,77 @@ def fidelity(images: np.ndarray, reference: np.ndarray) -> float:
     return float(psnr(a, b, cap_db=PSNR_CAP_DB).mean())
 
 
-def compare(base_dir: Path, run_dirs: list[Path]) -> list[dict]:
+def _quality_setup(run_dir: Path) -> tuple[str, str] | None:
+    """(extractor, reference statistics) the run measured FID with, from its own config; None when it
+    measured none (quality off, no reference, or no config to tell)."""
+    from lazygen.config import validate
+    from lazygen.run import quality_settings
+
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.exists():
+        return None
+    enabled, extractor, reference = quality_settings(validate(OmegaConf.load(path)))
+    return (extractor, reference) if enabled and reference else None
+
+
+def _quality_inputs(run_dir: Path, images: np.ndarray, labels: np.ndarray, extractor: torch.nn.Module):
+    """Per-sample FID features (N, F) and class hits (N,) of a run: those its generating ranks kept, the
+    rest extracted here from its images."""
+    from lazygen.metrics.quality import split_extractor_output
+    from lazygen.outputs import read_features
+
+    stored = [read_features(run_dir, index) for index in range(len(images))]
+    todo = [i for i, f in enumerate(stored) if f is None or f[0].shape[-1] != extractor.num_features]
+    for start in range(0, len(todo), EXTRACT_BATCH):
+        chunk = todo[start : start + EXTRACT_BATCH]
+        batch = torch.from_numpy(images[chunk]).permute(0, 3, 1, 2).contiguous()
+        with torch.no_grad():
+            fresh = split_extractor_output(extractor(batch))
+        for j, i in enumerate(chunk):
+            stored[i] = (fresh.features[j].float(), fresh.logits[j].float())
+    features = torch.stack([f for f, _ in stored])
+    logits = torch.stack([g for _, g in stored])
+    judge = getattr(extractor, "num_classes", None) == logits.shape[-1]
+    hits = (logits.argmax(-1) == torch.from_numpy(labels)).double() if judge else None
+    return features, hits
+
+
+class PairedQuality:
+    """FID and class accuracy of each run minus the baseline's, with paired bootstrap errors (the same
+    sample rows resampled in both runs); off when the runs measured FID differently or not at all."""
+
+    def __init__(self, base_dir: Path, images: np.ndarray, labels: np.ndarray) -> None:
+        self.setup = _quality_setup(base_dir)
+        self.base = None
+        if self.setup is not None:
+            from lazygen.metrics.quality import load_reference_stats
+            from lazygen.run import make_extractor
+            from lazygen.weights import REGISTRY, resolve_weight
+
+            extractor, reference = self.setup
+            self.extractor = make_extractor(extractor, None).eval()
+            path = resolve_weight(reference) if reference in REGISTRY else reference
+            self.reference = load_reference_stats(path)
+            self.base = _quality_inputs(base_dir, images, labels, self.extractor)
+
+    def __call__(self, run_dir: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        from lazygen.metrics.quality import DEFAULT_BOOTSTRAP, paired_differences
+
+        if self.base is None or _quality_setup(run_dir) != self.setup:
+            return {}
+        features, hits = _quality_inputs(run_dir, images, labels, self.extractor)
+        agree = None if hits is None or self.base[1] is None else (self.base[1], hits)
+        return paired_differences(
+            (self.base[0], features), agree, self.reference, DEFAULT_BOOTSTRAP, PAIRED_SEED
+        )
+
+
+def compare(base_dir: Path, run_dirs: list[Path], paired: bool = True) -> list[dict]:
+    """One row per run. ``paired``: also each run's FID and class accuracy minus the baseline's, with the
+    paired bootstrap error (runs of quality-measured models only)."""
     base_images, base_labels = _samples(base_dir)
     base_metrics = json.loads((base_dir / METRICS_FILE).read_text())
+    paired_quality = PairedQuality(base_dir, base_images, base_labels) if paired else None
     rows = []
     for run_dir in [base_dir, *run_dirs]:
         images, labels = _samples(run_dir)
@@ -109,6 +184,8 @@ def compare(base_dir: Path, run_dirs: list[Path]) -> list[dict]:
         metrics = json.loads((run_dir / METRICS_FILE).read_text())
         row = {"run": str(run_dir), "overrides": _overrides(run_dir), "metrics": metrics}
         row["psnr_vs_baseline"] = fidelity(images, base_images) if run_dir != base_dir else PSNR_CAP_DB
+        if paired_quality is not None and run_dir != base_dir:
+            row["vs_baseline"] = paired_quality(run_dir, images, labels)
         if "flops/tflops_per_img" in metrics and "flops/tflops_per_img" in base_metrics:
             row["flop_speedup"] = base_metrics["flops/tflops_per_img"] / metrics["flops/tflops_per_img"]
         rows.append(row)
@@ -122,11 +199,31 @@ def distinct_settings(overrides: list[str]) -> list[str]:
     return [" ".join(o for o in s if o not in common) or "(shared settings)" for s in split]
 
 
+def paired_cell(row: dict, key: str, fmt: str) -> str:
+    """``+3.1 ± 1.2`` for a paired difference; ``(noise)`` is added when it is within ``NOISE_SE`` errors."""
+    paired = row.get("vs_baseline", {})
+    if key not in paired:
+        return "baseline" if "vs_baseline" not in row else "–"
+    value, error = paired[key], paired.get(key + STANDARD_ERROR_SUFFIX)
+    if error is None:
+        return fmt.format(value)
+    return f"{fmt.format(value)} ± {fmt.format(error).lstrip('+')}" + (
+        " (noise)" if abs(value) <= NOISE_SE * error else ""
+    )
+
+
 def markdown(rows: list[dict]) -> str:
     """The table; a metric no run reports (e.g. KV memory for MAR) gets no column. A metric with a bootstrap
     standard error (FID, class accuracy) is shown as ``value ± error``."""
     columns = [c for c in COLUMNS if any(c[1] in r["metrics"] for r in rows)]
-    header = ["run", *[c[0] for c in columns], "FLOP speedup", "PSNR vs baseline (dB)"]
+    deltas = [d for d in PAIRED_COLUMNS if any(d[1] in r.get("vs_baseline", {}) for r in rows)]
+    header = [
+        "run",
+        *[c[0] for c in columns],
+        *[d[0] for d in deltas],
+        "FLOP speedup",
+        "PSNR vs baseline (dB)",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row, name in zip(rows, distinct_settings([r["overrides"] for r in rows]), strict=True):
         cells = [name]
@@ -136,6 +233,7 @@ def markdown(rows: list[dict]) -> str:
             if value is not None and error is not None:  # the bootstrap standard error, same format
                 cell += " ± " + fmt.format(error * scale)
             cells.append(cell)
+        cells += [paired_cell(row, key, fmt) for _, key, fmt in deltas]
         cells.append(f"{row['flop_speedup']:.2f}×" if "flop_speedup" in row else "–")
         cells.append(
             f"{row['psnr_vs_baseline']:.2f}" if row["psnr_vs_baseline"] < PSNR_CAP_DB else "baseline"

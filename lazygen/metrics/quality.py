@@ -59,6 +59,7 @@ IS_STD_KEY = "quality/is_std"
 CLASS_ACC_KEY = "quality/class_acc"
 STANDARD_ERROR_SUFFIX = "_se"  # quality/fid_se, quality/class_acc_se: bootstrap standard errors
 DEFAULT_BOOTSTRAP = 100  # resamples of the generated images behind each standard error
+DIFF_SUFFIX = "_diff"  # quality/fid_diff: a run's value minus its same-seed baseline's (paired_differences)
 
 EXTRACTOR_ATTR = "extractor"
 
@@ -353,6 +354,53 @@ def bootstrap_standard_errors(
         out[FID_KEY + STANDARD_ERROR_SUFFIX] = torch.tensor(fids, dtype=torch.float64).std()
     if accs:
         out[CLASS_ACC_KEY + STANDARD_ERROR_SUFFIX] = torch.tensor(accs, dtype=torch.float64).std()
+    return out
+
+
+def paired_differences(
+    features: tuple[Tensor, Tensor],
+    agree: tuple[Tensor, Tensor] | None,
+    reference: tuple[Tensor, Tensor],
+    replicates: int,
+    seed: int,
+    method: str = "auto",
+) -> dict[str, float]:
+    """FID and class accuracy of run B minus run A, with the bootstrap standard error of each difference.
+
+    The two runs drew the same samples (same seeds and labels, row i of each), so each resample takes the
+    same rows from both. Luck in the draw that both runs share (the class mix, the hard seeds) then cancels
+    in the difference, and its error is smaller than the two runs' own errors combined: two runs whose
+    separate FIDs overlap can still differ beyond their paired error, and when they do not, the difference
+    is noise. Keys: ``quality/fid_diff`` and ``quality/class_acc_diff``, each with ``_se``.
+    """
+    feats_a, feats_b = (f.detach().to(torch.float64).cpu() for f in features)
+    if feats_a.shape != feats_b.shape or feats_a.ndim != 2:
+        raise ValueError(
+            f"paired_differences needs two (N, F) feature sets of one shape, got {tuple(feats_a.shape)} "
+            f"and {tuple(feats_b.shape)}"
+        )
+    hits = None if agree is None else [h.cpu().to(torch.float64) for h in agree]
+
+    def differences(rows: Tensor | slice) -> tuple[float, float | None]:
+        fid_a, fid_b = (
+            frechet_distance(*compute_stats(f[rows]), *reference, method=method) for f in (feats_a, feats_b)
+        )
+        acc = None if hits is None else float(hits[1][rows].mean() - hits[0][rows].mean())
+        return fid_b - fid_a, acc
+
+    fid, acc = differences(slice(None))
+    gen = torch.Generator().manual_seed(seed)
+    num = feats_a.shape[0]
+    draws = [differences(torch.randint(0, num, (num,), generator=gen)) for _ in range(replicates)]
+    out = {FID_KEY + DIFF_SUFFIX: fid}
+    if replicates > 1:
+        out[FID_KEY + DIFF_SUFFIX + STANDARD_ERROR_SUFFIX] = float(torch.tensor([d[0] for d in draws]).std())
+    if acc is not None:
+        out[CLASS_ACC_KEY + DIFF_SUFFIX] = acc
+        if replicates > 1:
+            out[CLASS_ACC_KEY + DIFF_SUFFIX + STANDARD_ERROR_SUFFIX] = float(
+                torch.tensor([d[1] for d in draws]).std()
+            )
     return out
 
 

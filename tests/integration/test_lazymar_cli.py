@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -60,6 +61,27 @@ def test_compare_measures_fidelity_over_every_image(tmp_path, capsys):
     assert "| 12.0 |" in out  # the second run's FID in the printed table (no error recorded)
     assert "| 0.900 ± 0.010 |" in out  # a bootstrap error is shown next to its value
     assert len(json.loads((tmp_path / "t.json").read_text())) == 3
+
+
+def test_compare_gives_each_run_its_paired_quality_difference_from_the_baseline(tmp_path):
+    """Runs of the same seeds: the table's paired ΔFID is the difference of the runs' own FIDs, with an error."""
+    proc = cli("-m", *FAST, "data.num_images=20", "hardware.num_threads=1", "sampler.num_iter=4,2",
+               f"hydra.sweep.dir={tmp_path}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shutil.copytree(tmp_path / "0", tmp_path / "again")  # the baseline's samples again
+    rows = compare(tmp_path / "0", [tmp_path / "1", tmp_path / "again"])
+    m0, m1 = read_metrics(tmp_path / "0"), read_metrics(tmp_path / "1")
+    paired = rows[1]["vs_baseline"]
+    assert paired["quality/fid_diff"] == pytest.approx(m1["quality/fid"] - m0["quality/fid"], rel=1e-6)
+    assert paired["quality/class_acc_diff"] == pytest.approx(
+        m1["quality/class_acc"] - m0["quality/class_acc"]
+    )
+    assert paired["quality/fid_diff_se"] > 0
+    itself = rows[2]["vs_baseline"]
+    assert itself["quality/fid_diff"] == 0 and itself["quality/fid_diff_se"] == 0
+    table = markdown(rows)
+    assert "ΔFID vs baseline (paired)" in table and "+0.0 ± 0.0 (noise)" in table
+    assert f"{paired['quality/fid_diff']:+.1f} ± {paired['quality/fid_diff_se']:.1f}" in table
 
 
 def test_compare_refuses_runs_of_other_samples(tmp_path):

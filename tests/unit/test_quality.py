@@ -18,14 +18,17 @@ from lazygen.metrics.quality import (
     FID_KEY,
     IS_MEAN_KEY,
     IS_STD_KEY,
+    STANDARD_ERROR_SUFFIX,
     ExtractorOutput,
     FeatureExtractor,
     InceptionV3Extractor,
     QualityMeter,
+    bootstrap_standard_errors,
     compute_stats,
     frechet_distance,
     inception_score,
     load_reference_stats,
+    paired_differences,
     psnr,
     save_reference_stats,
     stats_from_sums,
@@ -305,6 +308,37 @@ def test_meter_class_accuracy_counts_agreement_with_the_labels() -> None:
     unlabelled = QualityMeter(extractor, splits=2)
     unlabelled.update(images)
     assert CLASS_ACC_KEY not in unlabelled.compute()
+
+
+def test_paired_differences_cancel_the_luck_both_runs_share() -> None:
+    """Two runs of the same seeds: most of the spread of their FIDs is the draw they share (here the class
+    of each row), so the paired error of B - A is well below the two runs' own errors combined."""
+    gen = torch.Generator().manual_seed(0)
+    num, dim = 300, 6
+    classes = torch.randint(0, 10, (num,), generator=gen)
+    centres = 3 * torch.randn(10, dim, generator=gen)
+    run_a = centres[classes] + torch.randn(num, dim, generator=gen)
+    run_b = run_a + 0.2 * torch.randn(num, dim, generator=gen) + 0.3  # slightly worse, same draw
+    reference = compute_stats(centres[torch.arange(10).repeat(50)] + torch.randn(500, dim, generator=gen))
+    hits_a, hits_b = (torch.rand(num, generator=gen) < p for p in (0.9, 0.8))
+
+    out = paired_differences((run_a, run_b), (hits_a, hits_b), reference, replicates=100, seed=1)
+    fid_a, fid_b = (frechet_distance(*compute_stats(f), *reference) for f in (run_a, run_b))
+    assert out[FID_KEY + "_diff"] == pytest.approx(fid_b - fid_a)
+    assert out[CLASS_ACC_KEY + "_diff"] == pytest.approx(
+        float(hits_b.double().mean() - hits_a.double().mean())
+    )
+    own = [bootstrap_standard_errors(f, None, reference, 100, seed=1)[FID_KEY + STANDARD_ERROR_SUFFIX]
+           for f in (run_a, run_b)]  # fmt: skip
+    paired_se = out[FID_KEY + "_diff" + STANDARD_ERROR_SUFFIX]
+    assert 0 < paired_se < 0.6 * math.hypot(*own)  # resampled apart, it would be about the hypot
+    assert 0 < out[CLASS_ACC_KEY + "_diff" + STANDARD_ERROR_SUFFIX] < 0.1
+
+    same = paired_differences((run_a, run_a.clone()), None, reference, replicates=20, seed=1)
+    assert same[FID_KEY + "_diff"] == 0 and same[FID_KEY + "_diff" + STANDARD_ERROR_SUFFIX] == 0
+    assert CLASS_ACC_KEY + "_diff" not in same
+    with pytest.raises(ValueError, match="one shape"):
+        paired_differences((run_a, run_b[:10]), None, reference, replicates=2, seed=0)
 
 
 def test_meter_errors() -> None:
