@@ -30,7 +30,6 @@ from lazygen.metrics.quality import CLASS_ACC_KEY, DIFF_SUFFIX, FID_KEY, STANDAR
 from lazygen.run import METRICS_FILE, NPZ_FILE, PSNR_CAP_DB
 
 MIB = 2**20
-EXTRACT_BATCH = 256  # images per extractor call for samples whose features the run did not keep
 PAIRED_SEED = 0  # the paired bootstrap's resampling seed: the same table twice gives the same errors
 COLUMNS = (  # (header, metrics key, format, scale)
     ("TFLOPs/img", "flops/tflops_per_img", "{:.4f}", 1),
@@ -115,24 +114,13 @@ def _quality_setup(run_dir: Path) -> tuple[str, str] | None:
     return (extractor, reference) if enabled and reference else None
 
 
-def _quality_inputs(run_dir: Path, images: np.ndarray, labels: np.ndarray, extractor: torch.nn.Module):
-    """Per-sample FID features (N, F) and class hits (N,) of a run: those its generating ranks kept, the
-    rest extracted here from its images."""
-    from lazygen.metrics.quality import split_extractor_output
-    from lazygen.outputs import read_features
+def _quality_inputs(run_dir: Path, labels: np.ndarray, meter) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-sample FID features (N, F) and class hits (N,) of a run (None when the evaluator does not
+    classify these labels): the features its generating ranks kept, the rest extracted from its images."""
+    from lazygen.run import sample_features
 
-    stored = [read_features(run_dir, index) for index in range(len(images))]
-    todo = [i for i, f in enumerate(stored) if f is None or f[0].shape[-1] != extractor.num_features]
-    for start in range(0, len(todo), EXTRACT_BATCH):
-        chunk = todo[start : start + EXTRACT_BATCH]
-        batch = torch.from_numpy(images[chunk]).permute(0, 3, 1, 2).contiguous()
-        with torch.no_grad():
-            fresh = split_extractor_output(extractor(batch))
-        for j, i in enumerate(chunk):
-            stored[i] = (fresh.features[j].float(), fresh.logits[j].float())
-    features = torch.stack([f for f, _ in stored])
-    logits = torch.stack([g for _, g in stored])
-    judge = getattr(extractor, "num_classes", None) == logits.shape[-1]
+    features, logits = sample_features(meter, run_dir, list(range(len(labels))))
+    judge = getattr(meter.extractor, "num_classes", None) == logits.shape[-1] > int(labels.max())
     hits = (logits.argmax(-1) == torch.from_numpy(labels)).double() if judge else None
     return features, hits
 
@@ -141,29 +129,28 @@ class PairedQuality:
     """FID and class accuracy of each run minus the baseline's, with paired bootstrap errors (the same
     sample rows resampled in both runs); off when the runs measured FID differently or not at all."""
 
-    def __init__(self, base_dir: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    def __init__(self, base_dir: Path, labels: np.ndarray) -> None:
         self.setup = _quality_setup(base_dir)
         self.base = None
         if self.setup is not None:
-            from lazygen.metrics.quality import load_reference_stats
+            from lazygen.metrics.quality import QualityMeter
             from lazygen.run import make_extractor
             from lazygen.weights import REGISTRY, resolve_weight
 
             extractor, reference = self.setup
-            self.extractor = make_extractor(extractor, None).eval()
             path = resolve_weight(reference) if reference in REGISTRY else reference
-            self.reference = load_reference_stats(path)
-            self.base = _quality_inputs(base_dir, images, labels, self.extractor)
+            self.meter = QualityMeter(make_extractor(extractor, None), reference_stats=path)
+            self.base = _quality_inputs(base_dir, labels, self.meter)
 
-    def __call__(self, run_dir: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    def __call__(self, run_dir: Path, labels: np.ndarray) -> dict[str, float]:
         from lazygen.metrics.quality import DEFAULT_BOOTSTRAP, paired_differences
 
         if self.base is None or _quality_setup(run_dir) != self.setup:
             return {}
-        features, hits = _quality_inputs(run_dir, images, labels, self.extractor)
+        features, hits = _quality_inputs(run_dir, labels, self.meter)
         agree = None if hits is None or self.base[1] is None else (self.base[1], hits)
         return paired_differences(
-            (self.base[0], features), agree, self.reference, DEFAULT_BOOTSTRAP, PAIRED_SEED
+            (self.base[0], features), agree, self.meter.reference, DEFAULT_BOOTSTRAP, PAIRED_SEED
         )
 
 
@@ -172,7 +159,7 @@ def compare(base_dir: Path, run_dirs: list[Path], paired: bool = True) -> list[d
     paired bootstrap error (runs of quality-measured models only)."""
     base_images, base_labels = _samples(base_dir)
     base_metrics = json.loads((base_dir / METRICS_FILE).read_text())
-    paired_quality = PairedQuality(base_dir, base_images, base_labels) if paired else None
+    paired_quality = PairedQuality(base_dir, base_labels) if paired else None
     rows = []
     for run_dir in [base_dir, *run_dirs]:
         images, labels = _samples(run_dir)
@@ -185,7 +172,7 @@ def compare(base_dir: Path, run_dirs: list[Path], paired: bool = True) -> list[d
         row = {"run": str(run_dir), "overrides": _overrides(run_dir), "metrics": metrics}
         row["psnr_vs_baseline"] = fidelity(images, base_images) if run_dir != base_dir else PSNR_CAP_DB
         if paired_quality is not None and run_dir != base_dir:
-            row["vs_baseline"] = paired_quality(run_dir, images, labels)
+            row["vs_baseline"] = paired_quality(run_dir, labels)
         if "flops/tflops_per_img" in metrics and "flops/tflops_per_img" in base_metrics:
             row["flop_speedup"] = base_metrics["flops/tflops_per_img"] / metrics["flops/tflops_per_img"]
         rows.append(row)

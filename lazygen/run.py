@@ -236,19 +236,19 @@ def quality_metrics(
     for start in range(0, len(specs), batch):
         chunk = specs[start : start + batch]
         labels = torch.tensor([s.label for s in chunk]) if judge_classes else None
-        meter.update(None, labels, extracted=_chunk_features(meter, run_dir, chunk))
+        meter.update(None, labels, extracted=sample_features(meter, run_dir, [s.index for s in chunk]))
     return {k: float(v) for k, v in meter.compute().items()}
 
 
-def _chunk_features(meter, run_dir: Path, chunk: list[SampleSpec]):
-    """The features and logits of a chunk of samples, in order: those the generating ranks kept in the run
+def sample_features(meter, run_dir: Path, indices: list[int]):
+    """The features and logits of these samples, in order: those the generating ranks kept in the run
     dir, and for the rest (an older run dir, a damaged file) extracted here from the PNGs."""
     from lazygen.metrics.quality import ExtractorOutput
 
-    stored = [read_features(run_dir, s.index) for s in chunk]
+    stored = [read_features(run_dir, i) for i in indices]
     todo = [k for k, f in enumerate(stored) if f is None]
     if todo:
-        images = np.stack([read_sample(run_dir, chunk[k].index) for k in todo])
+        images = np.stack([read_sample(run_dir, indices[k]) for k in todo])
         fresh = meter.extract(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
         for j, k in enumerate(todo):
             stored[k] = (fresh.features[j].float().cpu(), fresh.logits[j].float().cpu())
