@@ -2,7 +2,9 @@
 
 Each run's ``metrics.json`` gives FLOPs, quality and latency; fidelity is measured here, per image, against
 the baseline run's images of the same sample indices (same seeds and labels), over *all* images rather
-than the few a run's own paired measurement uses. Give the baseline first, then the other runs, or one
+than the few a run's own paired measurement uses. FID and class accuracy are also given as each run's
+difference from the baseline, with a bootstrap error that resamples the same samples in both runs (the
+runs share their seeds, so luck they share cancels). Give the baseline first, then the other runs, or one
 multirun directory and the job number of its baseline:
 
     python -m lazygen.compare runs/generate/multirun/<time> --baseline 0
