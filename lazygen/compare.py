@@ -26,6 +26,7 @@ import torch
 import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from lazygen.errors import LazygenError
 from lazygen.metrics.quality import CLASS_ACC_KEY, DIFF_SUFFIX, FID_KEY, STANDARD_ERROR_SUFFIX, psnr
@@ -112,7 +113,12 @@ def _quality_setup(run_dir: Path) -> tuple[str, str] | None:
     path = run_dir / ".hydra" / "config.yaml"
     if not path.exists():
         return None
-    enabled, extractor, reference = quality_settings(validate(OmegaConf.load(path)))
+    try:
+        enabled, extractor, reference = quality_settings(validate(OmegaConf.load(path)))
+    except (LazygenError, OmegaConfBaseException, yaml.YAMLError) as exc:  # e.g. a run of an older lazygen
+        print(f"lazygen: no paired quality differences for {run_dir}: its config does not load ({exc})",
+              file=sys.stderr)  # fmt: skip
+        return None
     return (extractor, reference) if enabled and reference else None
 
 
@@ -174,7 +180,8 @@ def compare(base_dir: Path, run_dirs: list[Path], paired: bool = True) -> list[d
         row = {"run": str(run_dir), "overrides": _overrides(run_dir), "metrics": metrics}
         row["psnr_vs_baseline"] = fidelity(images, base_images) if run_dir != base_dir else PSNR_CAP_DB
         if paired_quality is not None and run_dir != base_dir:
-            row["vs_baseline"] = paired_quality(run_dir, labels)
+            if paired := paired_quality(run_dir, labels):
+                row["vs_baseline"] = paired
         if "flops/tflops_per_img" in metrics and "flops/tflops_per_img" in base_metrics:
             row["flop_speedup"] = base_metrics["flops/tflops_per_img"] / metrics["flops/tflops_per_img"]
         rows.append(row)
@@ -188,11 +195,11 @@ def distinct_settings(overrides: list[str]) -> list[str]:
     return [" ".join(o for o in s if o not in common) or "(shared settings)" for s in split]
 
 
-def paired_cell(row: dict, key: str, fmt: str) -> str:
+def paired_cell(row: dict, key: str, fmt: str, is_baseline: bool) -> str:
     """``+3.1 ± 1.2`` for a paired difference; ``(noise)`` is added when it is within ``NOISE_SE`` errors."""
     paired = row.get("vs_baseline", {})
     if key not in paired:
-        return "baseline" if "vs_baseline" not in row else "–"
+        return "baseline" if is_baseline else "–"
     value, error = paired[key], paired.get(key + STANDARD_ERROR_SUFFIX)
     if error is None:
         return fmt.format(value)
@@ -202,8 +209,9 @@ def paired_cell(row: dict, key: str, fmt: str) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    """The table; a metric no run reports (e.g. KV memory for MAR) gets no column. A metric with a bootstrap
-    standard error (FID, class accuracy) is shown as ``value ± error``."""
+    """The table of :func:`compare`'s rows, the baseline first; a metric no run reports (e.g. KV memory for
+    MAR) gets no column. A metric with a bootstrap standard error (FID, class accuracy) is shown as
+    ``value ± error``."""
     columns = [c for c in COLUMNS if any(c[1] in r["metrics"] for r in rows)]
     deltas = [d for d in PAIRED_COLUMNS if any(d[1] in r.get("vs_baseline", {}) for r in rows)]
     header = [
@@ -214,7 +222,9 @@ def markdown(rows: list[dict]) -> str:
         "PSNR vs baseline (dB)",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row, name in zip(rows, distinct_settings([r["overrides"] for r in rows]), strict=True):
+    for i, (row, name) in enumerate(
+        zip(rows, distinct_settings([r["overrides"] for r in rows]), strict=True)
+    ):
         cells = [name]
         for _, key, fmt, scale in columns:
             value, error = row["metrics"].get(key), row["metrics"].get(key + STANDARD_ERROR_SUFFIX)
@@ -222,7 +232,7 @@ def markdown(rows: list[dict]) -> str:
             if value is not None and error is not None:  # the bootstrap standard error, same format
                 cell += " ± " + fmt.format(error * scale)
             cells.append(cell)
-        cells += [paired_cell(row, key, fmt) for _, key, fmt in deltas]
+        cells += [paired_cell(row, key, fmt, is_baseline=i == 0) for _, key, fmt in deltas]
         cells.append(f"{row['flop_speedup']:.2f}×" if "flop_speedup" in row else "–")
         cells.append(
             f"{row['psnr_vs_baseline']:.2f}" if row["psnr_vs_baseline"] < PSNR_CAP_DB else "baseline"

@@ -50,7 +50,10 @@ def test_compare_measures_fidelity_over_every_image(tmp_path, capsys):
     _fake_run(tmp_path / "m" / "1", noisy, {"flops/tflops_per_img": 0.5, "quality/fid": 12.0,
                                             "quality/class_acc": 0.9, "quality/class_acc_se": 0.01})  # fmt: skip
     _fake_run(tmp_path / "m" / "2", base_images, {"flops/tflops_per_img": 1.0})
+    (base / ".hydra").mkdir()
+    (base / ".hydra" / "config.yaml").write_text("model: {name: [unclosed")  # a config that does not load
     rows = compare(base, [tmp_path / "m" / "1", tmp_path / "m" / "2"])
+    assert "vs_baseline" not in rows[1]  # no paired differences, but the table
     assert rows[1]["flop_speedup"] == 4.0 and rows[2]["flop_speedup"] == 2.0
     mse = ((noisy.astype(float) - base_images) ** 2).reshape(6, -1).mean(1)
     assert rows[1]["psnr_vs_baseline"] == pytest.approx(np.mean(10 * np.log10(255**2 / mse)))
