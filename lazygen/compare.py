@@ -104,9 +104,9 @@ def fidelity(images: np.ndarray, reference: np.ndarray) -> float:
     return float(psnr(a, b, cap_db=PSNR_CAP_DB).mean())
 
 
-def _quality_setup(run_dir: Path) -> tuple[str, str] | None:
-    """(extractor, reference statistics) the run measured FID with, from its own config; None when it
-    measured none (quality off, no reference, or no config to tell)."""
+def _quality_run(run_dir: Path):
+    """The run's validated config when it measured FID (quality on, a reference given); None when it
+    measured none or has no config that loads (then it says so once)."""
     from lazygen.config import validate
     from lazygen.run import quality_settings
 
@@ -114,49 +114,59 @@ def _quality_setup(run_dir: Path) -> tuple[str, str] | None:
     if not path.exists():
         return None
     try:
-        enabled, extractor, reference = quality_settings(validate(OmegaConf.load(path)))
+        run = validate(OmegaConf.load(path))
     except (LazygenError, OmegaConfBaseException, yaml.YAMLError) as exc:  # e.g. a run of an older lazygen
         print(f"lazygen: no paired quality differences for {run_dir}: its config does not load ({exc})",
               file=sys.stderr)  # fmt: skip
         return None
-    return (extractor, reference) if enabled and reference else None
+    enabled, _, reference = quality_settings(run)
+    return run if enabled and reference else None
 
 
-def _quality_inputs(run_dir: Path, labels: np.ndarray, meter) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-sample FID features (N, F) and class hits (N,) of a run (None when the evaluator does not
-    classify these labels): the features its generating ranks kept, the rest extracted from its images."""
-    from lazygen.run import sample_features
+def _evaluator(run) -> tuple[str, str]:
+    """(extractor, reference statistics) a run measured FID with: runs agreeing on both can be paired."""
+    from lazygen.run import quality_settings
 
-    features, logits = sample_features(meter, run_dir, list(range(len(labels))))
-    judge = getattr(meter.extractor, "num_classes", None) == logits.shape[-1] > int(labels.max())
-    hits = (logits.argmax(-1) == torch.from_numpy(labels)).double() if judge else None
-    return features, hits
+    return quality_settings(run)[1:]
 
 
 class PairedQuality:
     """FID and class accuracy of each run minus the baseline's, with paired bootstrap errors (the same
-    sample rows resampled in both runs); off when the runs measured FID differently or not at all."""
+    sample rows resampled in both runs); off when the runs measured FID differently or not at all. Class
+    accuracy is paired only where the runs report it (the extractor classifies the generator's classes)."""
 
     def __init__(self, base_dir: Path, labels: np.ndarray) -> None:
-        self.setup = _quality_setup(base_dir)
+        base_run = _quality_run(base_dir)
         self.base = None
-        if self.setup is not None:
+        if base_run is not None:
             from lazygen.metrics.quality import QualityMeter
-            from lazygen.run import make_extractor
-            from lazygen.weights import REGISTRY, resolve_weight
+            from lazygen.run import fid_reference, judges_classes, make_extractor
 
-            extractor, reference = self.setup
-            path = resolve_weight(reference) if reference in REGISTRY else reference
-            self.meter = QualityMeter(make_extractor(extractor, None), reference_stats=path)
-            self.base = _quality_inputs(base_dir, labels, self.meter)
+            self.evaluator = _evaluator(base_run)
+            extractor = make_extractor(self.evaluator[0], None)
+            self.meter = QualityMeter(extractor, reference_stats=fid_reference(base_run, None))
+            self.judge = judges_classes(base_run, extractor)
+            self.base = self._inputs(base_dir, labels)
+
+    def _inputs(self, run_dir: Path, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-sample FID features (N, F) and class hits (N,) or None of a run: the features its generating
+        ranks kept, the rest extracted from its images."""
+        from lazygen.run import sample_features
+
+        features, logits = sample_features(self.meter, run_dir, list(range(len(labels))))
+        hits = (logits.argmax(-1) == torch.from_numpy(labels)).double() if self.judge else None
+        return features, hits
 
     def __call__(self, run_dir: Path, labels: np.ndarray) -> dict[str, float]:
         from lazygen.metrics.quality import DEFAULT_BOOTSTRAP, paired_differences
 
-        if self.base is None or _quality_setup(run_dir) != self.setup:
+        if self.base is None:
             return {}
-        features, hits = _quality_inputs(run_dir, labels, self.meter)
-        agree = None if hits is None or self.base[1] is None else (self.base[1], hits)
+        run = _quality_run(run_dir)
+        if run is None or _evaluator(run) != self.evaluator:
+            return {}
+        features, hits = self._inputs(run_dir, labels)
+        agree = None if hits is None else (self.base[1], hits)
         return paired_differences(
             (self.base[0], features), agree, self.meter.reference, DEFAULT_BOOTSTRAP, PAIRED_SEED
         )

@@ -216,22 +216,33 @@ def make_extractor(name: str, home: Path | None) -> torch.nn.Module:
     return get_method(name)()
 
 
+def fid_reference(run: RunConf, home: Path | None) -> str | None:
+    """The path of the run's FID reference statistics (a registry name resolved), or None."""
+    from lazygen.weights import REGISTRY, resolve_weight
+
+    reference = quality_settings(run)[2]
+    if reference in REGISTRY:
+        return str(resolve_weight(reference, home=home, config_key="metrics.quality.reference_stats"))
+    return reference
+
+
+def judges_classes(run: RunConf, extractor: torch.nn.Module) -> bool:
+    """Whether the extractor classifies the generator's classes, so class accuracy means something."""
+    return getattr(extractor, "num_classes", None) == run.model.num_classes
+
+
 def quality_metrics(
     run: RunConf, run_dir: Path, specs: list[SampleSpec], home: Path | None, extractor: torch.nn.Module
 ) -> dict:
     """FID/IS of the run's samples, read back a batch at a time; class accuracy when the extractor
     classifies the generator's classes."""
     from lazygen.metrics.quality import QualityMeter
-    from lazygen.weights import REGISTRY, resolve_weight
 
-    reference = quality_settings(run)[2]
     extractor = extractor.cpu()  # the meter's statistics live on the CPU (generation may have moved it)
-    if reference in REGISTRY:
-        reference = str(resolve_weight(reference, home=home, config_key="metrics.quality.reference_stats"))
     q = run.metrics.quality
-    meter = QualityMeter(extractor, reference_stats=reference, splits=q.is_splits, bootstrap=q.bootstrap,
-                         bootstrap_seed=run.seed)  # fmt: skip
-    judge_classes = getattr(extractor, "num_classes", None) == run.model.num_classes
+    meter = QualityMeter(extractor, reference_stats=fid_reference(run, home), splits=q.is_splits,
+                         bootstrap=q.bootstrap, bootstrap_seed=run.seed)  # fmt: skip
+    judge_classes = judges_classes(run, extractor)
     batch = max(1, run.data.batch_size)
     for start in range(0, len(specs), batch):
         chunk = specs[start : start + batch]

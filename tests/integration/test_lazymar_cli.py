@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import FAST, cli, read_metrics
+from helpers import FAST, REPO, cli, read_metrics
 
 from lazygen.compare import compare, fidelity, main, markdown
 
@@ -85,6 +85,27 @@ def test_compare_gives_each_run_its_paired_quality_difference_from_the_baseline(
     table = markdown(rows)
     assert "ΔFID vs baseline (paired)" in table and "+0.0 ± 0.0 (noise)" in table
     assert f"{paired['quality/fid_diff']:+.1f} ± {paired['quality/fid_diff_se']:.1f}" in table
+
+
+def test_compare_pairs_class_accuracy_only_where_the_runs_report_it(tmp_path):
+    """An extractor that classifies other classes than the generator's (InceptionV3's 1008 for ImageNet's
+    1000) gives runs no class accuracy, so the table pairs none either; FID is still paired."""
+    import torch
+    from toy_extractor import OtherClassifier
+
+    from lazygen.metrics.quality import compute_stats, save_reference_stats
+
+    stats = tmp_path / "ref.npz"
+    save_reference_stats(stats, *compute_stats(OtherClassifier()(torch.zeros(4, 3, 16, 16, dtype=torch.uint8)
+                                                                  + torch.arange(4)[:, None, None, None] * 60).features))  # fmt: skip
+    proc = cli("-m", *FAST, "data.num_images=10", "hardware.num_threads=1", "sampler.num_iter=4,2",
+               "metrics.quality.enabled=true", "metrics.quality.extractor=toy_extractor.OtherClassifier",
+               f"metrics.quality.reference_stats={stats}",
+               f"hydra.sweep.dir={tmp_path / 'm'}", env={"PYTHONPATH": str(REPO / "tests" / "integration")})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "quality/class_acc" not in read_metrics(tmp_path / "m" / "1")
+    paired = compare(tmp_path / "m" / "0", [tmp_path / "m" / "1"])[1]["vs_baseline"]
+    assert "quality/fid_diff" in paired and "quality/class_acc_diff" not in paired
 
 
 def test_compare_refuses_runs_of_other_samples(tmp_path):
