@@ -80,6 +80,11 @@ def _validate(recipe: RecipeConf, data: DatasetConf) -> None:
         )
     if recipe.posterior not in ("sample", "mean"):
         raise ConfigError(f"recipe.posterior={recipe.posterior!r} must be sample (MAR's official) or mean.")
+    if recipe.posterior_noise < 0:
+        raise ConfigError(
+            f"recipe.posterior_noise={recipe.posterior_noise} must be at least 0 (1 is the official posterior; "
+            "0 trains on the means, as recipe.posterior=mean does)."
+        )
     if recipe.lr_schedule not in ("cosine", "constant"):
         raise ConfigError(f"recipe.lr_schedule={recipe.lr_schedule!r} must be cosine or constant.")
     if not 0.0 <= recipe.mask_ratio_min <= 1.0:

@@ -48,6 +48,7 @@ class RecipeConf:
     augment_shift: int = 0  # evaluator, llamagen, tokenizer: random translation by up to this many pixels
     kl_weight: float = 0.0  # tokenizer only: weight of the KL to N(0, I) per latent element
     posterior: str = "sample"  # mar with a KL tokenizer: train on posterior samples (official) or means
+    posterior_noise: float = 1.0  # posterior=sample: the posterior std is multiplied by this (official: 1)
     log_every: int = 50
     checkpoint_every: int = 500  # steps between <run dir>/checkpoints/last.ckpt updates (for resuming)
     num_threads: int | None = None
@@ -177,7 +178,9 @@ class MARFitModule(_FitModule):
     def masked_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         model, r, gen = self.net, self.recipe, self.rng
         with torch.no_grad():  # the tokenizer is frozen; its posterior noise comes from the recipe's stream
-            latent = self.tokenizer.encode_to_latent(images, generator=gen, sample=r.posterior == "sample")
+            latent = self.tokenizer.encode_to_latent(
+                images, generator=gen, sample=r.posterior == "sample", noise_scale=r.posterior_noise
+            )
             tokens = model.patchify(latent)
         n, seq_len, _ = tokens.shape
         ratio = truncated_normal(r.mask_ratio_min, 1.0, 1.0, r.mask_ratio_std, gen)

@@ -213,6 +213,8 @@ def test_bad_recipe_is_a_config_error(tmp_path):
         train_job(_train_cfg("recipe.lr_schedule=step"), tmp_path, "x")
     with pytest.raises(ConfigError, match="batch_size"):
         train_job(_train_cfg("recipe.batch_size=5000", "recipe.max_steps=1"), tmp_path, "x")
+    with pytest.raises(ConfigError, match="recipe.posterior_noise"):
+        train_job(_train_cfg("recipe.posterior_noise=-0.5"), tmp_path, "x")
 
 
 def test_training_resumes_from_the_last_checkpoint(tmp_path):
@@ -245,3 +247,25 @@ def test_mar_loss_on_posterior_samples_follows_the_recipe_seed_not_the_global_rn
         torch.manual_seed(global_seed)  # what other code may have done to the global stream meanwhile
         losses.append(float(module.masked_loss(images[:4], labels[:4])))
     assert losses[0] == losses[1], losses
+
+
+def test_mar_loss_draws_the_posterior_noise_at_the_recipe_scale(monkeypatch):
+    """``recipe.posterior_noise`` scales the posterior std MAR trains on: with the same seed, the latents at
+    0.5 lie exactly half as far from the posterior mean as the official (1.0) ones."""
+    from lazygen.train import _module
+
+    images, labels = load_digits16(DatasetConf(), "train")
+
+    def offset_from_the_mean(scale: float) -> torch.Tensor:
+        cfg = _train_cfg("recipe.posterior=sample", f"recipe.posterior_noise={scale}", "recipe.batch_size=4")
+        module, _ = _module(cfg, typed_group("recipe", RecipeConf, cfg.recipe), seed=0)
+        encode, seen = module.tokenizer.encode_to_latent, []
+        monkeypatch.setattr(
+            module.tokenizer, "encode_to_latent", lambda *a, **k: seen.append(encode(*a, **k)) or seen[-1]
+        )
+        module.masked_loss(images[:4], labels[:4])
+        return seen[0] - encode(images[:4], sample=False)
+
+    official, half = offset_from_the_mean(1.0), offset_from_the_mean(0.5)
+    assert official.abs().mean() > 0.1  # the tokenizer's posterior noise is not negligible
+    torch.testing.assert_close(half, 0.5 * official, rtol=0, atol=1e-5)

@@ -302,10 +302,11 @@ class DiagonalGaussian:
     def std(self) -> torch.Tensor:
         return torch.exp(0.5 * self.logvar)
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``mean + std * eps``; eps is drawn on the CPU (as officially) so seeds match across devices."""
+    def sample(self, generator: torch.Generator | None = None, noise_scale: float = 1.0) -> torch.Tensor:
+        """``mean + noise_scale * std * eps``; eps is drawn on the CPU (as officially) so seeds match across
+        devices. ``noise_scale`` 1 is the official posterior; smaller values narrow it toward the mean."""
         eps = torch.randn(self.mean.shape, generator=generator, dtype=torch.float32, device="cpu")
-        return self.mean + self.std * eps.to(device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + noise_scale * self.std * eps.to(device=self.mean.device, dtype=self.mean.dtype)
 
     def mode(self) -> torch.Tensor:
         return self.mean
@@ -408,11 +409,16 @@ class AutoencoderKL(nn.Module):
         return self.decoder(self.post_quant_conv(z))
 
     def encode_to_latent(
-        self, x: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        sample: bool = True,
+        noise_scale: float = 1.0,
     ) -> torch.Tensor:
-        """Image -> MAR's scaled latent (a posterior sample, or its mean when ``sample=False``)."""
+        """Image -> MAR's scaled latent (a posterior sample, its noise scaled by ``noise_scale``, or its mean
+        when ``sample=False``)."""
         posterior = self.encode(x)
-        z = posterior.sample(generator) if sample else posterior.mode()
+        z = posterior.sample(generator, noise_scale) if sample else posterior.mode()
         return z * self.latent_scale
 
     def decode_tokens_latent(self, z_scaled: torch.Tensor) -> torch.Tensor:
