@@ -37,6 +37,8 @@ def pareto_front(points: list[tuple[float, float]], maximise_y: bool) -> list[in
 def trade_off_points(rows: list[dict], names: list[str]) -> list[dict]:
     """Per run: name, FLOP and wall speedups against the first (baseline) row, FID ± error, PSNR."""
     base_latency = rows[0]["metrics"].get(LATENCY_KEY)
+    # the baseline sits at 1x only where some run has FLOPs to compare (not with metrics.flops off)
+    any_flops = any(row.get("flop_speedup") is not None for row in rows[1:])
     points = []
     for k, (row, name) in enumerate(zip(rows, names, strict=True)):
         m = row["metrics"]
@@ -44,7 +46,7 @@ def trade_off_points(rows: list[dict], names: list[str]) -> list[dict]:
         points.append({
             "name": "baseline" if k == 0 else name,
             "baseline": k == 0,
-            "flop_speedup": 1.0 if k == 0 else row.get("flop_speedup"),
+            "flop_speedup": (1.0 if any_flops else None) if k == 0 else row.get("flop_speedup"),
             "wall_speedup": base_latency / latency if base_latency and latency else None,
             "fid": m.get(FID_KEY),
             "fid_se": m.get(FID_KEY + STANDARD_ERROR_SUFFIX),
@@ -101,7 +103,10 @@ def plot_pareto(points: list[dict], out_dir: Path, title: str) -> list[Path]:
                 if y_key == "fid" and p["fid_se"]:
                     ax.errorbar(p[x_key], p[y_key], yerr=p["fid_se"], color="grey", capsize=3, zorder=2)
             if not shown:
-                ax.text(0.5, 0.5, f"no {y_key.upper()} in these runs", ha="center", va="center",
+                missing = (
+                    y_key.upper() if any(p[x_key] is not None for p in points) else x_label.split(" (")[0]
+                )
+                ax.text(0.5, 0.5, f"no {missing} in these runs", ha="center", va="center",
                         transform=ax.transAxes, color="grey")  # fmt: skip
             front = pareto_front([(p[x_key], p[y_key]) for p in shown], maximise)
             if len(front) > 1:  # the boundary of what the front dominates

@@ -91,3 +91,16 @@ def test_a_search_without_fid_gets_no_empty_fid_row_and_short_labels():
         "fid", "psnr"]  # fmt: skip
     label = "cache.refresh_interval=12 cache.retain_ratio=0.39153250554509667 method=gtr_16"
     assert short_setting(label) == "cache.refresh_interval=12 cache.retain_ratio=0.392 method=gtr_16"
+
+
+def test_runs_without_flops_leave_the_flop_panel_empty_not_a_lone_baseline(tmp_path):
+    """A sweep with ``metrics.flops.enabled=false`` has no FLOP speedups: the baseline is not put at 1x alone."""
+    pytest.importorskip("matplotlib")
+    rows = _rows()
+    for row in rows:
+        row["flop_speedup"] = None
+    points = trade_off_points(rows, [r["overrides"] for r in rows])
+    assert [p["flop_speedup"] for p in points] == [None, None, None]
+    assert points[2]["wall_speedup"] == pytest.approx(1 / 0.3)
+    assert trade_off_points(_rows(), ["a", "b", "c"])[0]["flop_speedup"] == 1.0  # with FLOPs it stays
+    assert plot_pareto(points, tmp_path, "no flops")[0].stat().st_size > 10_000
