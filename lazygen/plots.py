@@ -89,9 +89,10 @@ def plot_pareto(points: list[dict], out_dir: Path, title: str) -> list[Path]:
         ) from None
     metrics = plotted_metrics(points)
     fig, axes = plt.subplots(len(metrics), 2, figsize=FIGURE_SIZE, sharex="col", squeeze=False)
-    panels = [("flop_speedup", "FLOP speedup (×)"), ("wall_speedup", "wall-clock speedup (×)")]
+    panels = [("flop_speedup", "FLOP speedup"), ("wall_speedup", "wall-clock speedup")]
     names = [p["name"] for p in points]
-    for col, (x_key, x_label) in enumerate(panels):
+    for col, (x_key, x_name) in enumerate(panels):
+        x_known = any(p[x_key] is not None for p in points)
         for row, (y_key, y_label, maximise) in enumerate(metrics):
             ax = axes[row][col]
             shown = [p for p in points if p[x_key] is not None and p[y_key] is not None]
@@ -103,9 +104,7 @@ def plot_pareto(points: list[dict], out_dir: Path, title: str) -> list[Path]:
                 if y_key == "fid" and p["fid_se"]:
                     ax.errorbar(p[x_key], p[y_key], yerr=p["fid_se"], color="grey", capsize=3, zorder=2)
             if not shown:
-                missing = (
-                    y_key.upper() if any(p[x_key] is not None for p in points) else x_label.split(" (")[0]
-                )
+                missing = y_key.upper() if x_known else x_name
                 ax.text(0.5, 0.5, f"no {missing} in these runs", ha="center", va="center",
                         transform=ax.transAxes, color="grey")  # fmt: skip
             front = pareto_front([(p[x_key], p[y_key]) for p in shown], maximise)
@@ -115,7 +114,7 @@ def plot_pareto(points: list[dict], out_dir: Path, title: str) -> list[Path]:
             ax.set_ylabel(y_label)
             ax.grid(alpha=0.3)
             if row == len(metrics) - 1:
-                ax.set_xlabel(x_label)
+                ax.set_xlabel(f"{x_name} (×)")
     legend: dict[str, object] = {}
     for ax in (a for row in axes for a in row):
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
