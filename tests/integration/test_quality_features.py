@@ -46,6 +46,7 @@ def test_both_ddp_ranks_extract_their_features_and_give_one_process_values(tmp_p
         mine, theirs = (np.load(tmp_path / run / "features" / name)["features"] for run in ("ddp", "one"))
         np.testing.assert_allclose(mine, theirs, rtol=FEATURE_RTOL, atol=FEATURE_ATOL)
     assert two["quality/class_acc"] == one["quality/class_acc"]
+    assert two["quality/is_mean"] == pytest.approx(one["quality/is_mean"], rel=1e-6)
     assert two["quality/fid"] == pytest.approx(one["quality/fid"], rel=FID_ROUNDOFF)
     records = [
         json.loads(line)
