@@ -16,9 +16,10 @@ def test_adsa_run_reports_kv_memory_attention_and_a_paired_baseline(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((tmp_path / "metrics.json").read_text())
-    # 2 rows (CFG) x 2 layers x 4 heads x (1 class + 64 image slots) x (k + v: 2 x 8 dims x fp32, plus the
-    # slot's fp32 inverse value norm and int16 position), per image
-    assert m["mem/kv_cache_bytes_per_img"] == 2 * 2 * 4 * (1 + 64) * (2 * 8 * 4 + 4 + 2)
+    # 2 rows (CFG) x 2 layers x 4 heads x [(1 class + 64 image slots) x (k + v: 2 x 8 dims x fp32, plus the
+    # slot's fp32 inverse value norm, int16 position and fp32 candidate mask) + the per-step ranking's ring
+    # of the last `local` = 2 grid rows = 32 slots (int64)], per image
+    assert m["mem/kv_cache_bytes_per_img"] == 2 * 2 * 4 * ((1 + 64) * (2 * 8 * 4 + 4 + 2 + 4) + 32 * 8)
     assert m["mem/kv_cache_bytes"] == 2 * m["mem/kv_cache_bytes_per_img"] and m["mem/peak_bytes"] > 0
     attended = sum(min(n, 64) for n in range(1, 256)) / sum(range(1, 256))
     assert abs(m["cache/attended_frac"] - attended) < 1e-9

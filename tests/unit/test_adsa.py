@@ -87,9 +87,14 @@ def test_dynamic_cache_stays_bounded_and_keeps_prefix_and_local(
         assert (image.sort(dim=-1).values.diff(dim=-1) > 0).all()  # every position at most once
         if granularity == "layer":
             assert (held == held[:, :1]).all()  # one ranking per layer: the heads keep the same tokens
-    # keys and values (fp32), plus per slot and head an fp32 inverse norm and an int16 position
+    # keys and values (fp32), plus per slot and head an fp32 inverse norm and an int16 position; the per-step
+    # ranking (head, 1) adds an fp32 candidate mask per slot and a ring of the last `local` slots (int64)
+    per_step = granularity == "head" and rank_every == 1
+    ranking = [
+        c.pos.numel() * 4 + c.pos[..., 0].numel() * local * 8 if per_step else 0 for c in policy.caches
+    ]
     assert policy.stats.kv_cache_bytes == sum(
-        c.k.numel() * 4 * 2 + c.pos.numel() * (4 + 2) for c in policy.caches
+        c.k.numel() * 4 * 2 + c.pos.numel() * (4 + 2) + extra for c, extra in zip(policy.caches, ranking)
     )
 
 
@@ -129,22 +134,50 @@ def test_eviction_takes_the_most_redundant_previous_tokens(rank_every: int) -> N
     assert not set(expected) & set(held) and set(range(9, 9 + rank_every)) <= set(held)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_per_step_eviction_picks_what_the_general_ranking_picks(dtype) -> None:
-    """The fused per-step path (rank_every 1, per-head diverse ranking) against the general scores' argmax,
-    on random caches with empty slots and every row and head holding other positions."""
+@pytest.mark.parametrize(("reference", "dtype"), [("previous", torch.float32), ("cache", torch.float32),
+                                                   ("previous", torch.bfloat16)])  # fmt: skip
+def test_the_running_ranking_evicts_what_a_ranking_from_scratch_picks(reference: str, dtype) -> None:
+    """A bounded cache filled by a prefill and single tokens, then driven 70 steps past its capacity: before
+    every eviction its running reference sum equals the sum from scratch, and it evicts the token that the
+    general ranking (from scratch, every step) picks, in every row and head."""
     torch.manual_seed(0)
-    policy = ADSAPolicy(ADSAConf(budget=40, prefix=3, local=5))
-    policy.n_cond, policy.prefix, policy.local, policy.seq_len = 2, 3, 5, 80
-    for _ in range(20):
-        values = torch.randn(3, 4, 42, 8).to(dtype)
-        pos = torch.stack([torch.randperm(70)[:42] for _ in range(12)]).view(3, 4, 42)
-        pos[..., :2] = torch.tensor([0, 1])  # condition slots
-        pos[pos % 11 == 5] = -1  # empty slots
-        inv = torch.rand(3, 4, 42) + 0.5
-        fast = policy._most_redundant(values, pos, 69, inv)
-        general = policy.eviction_scores(values, pos, 69, inv).argmax(dim=-1, keepdim=True)
-        assert torch.equal(fast, general)
+    policy = ADSAPolicy(ADSAConf(budget=20, prefix=2, local=4, reference=reference))
+    policy.n_cond, policy.prefix, policy.local, policy.seq_len = 1, 2, 4, 90
+    cache = BoundedKV(policy, 3, 2, capacity=20, head_dim=8, dtype=dtype, device=torch.device("cpu"))
+    assert cache.running is not None
+    values = torch.randn(3, 2, 90, 8).to(dtype)
+    cache.update(values[:, :, :6], values[:, :, :6], torch.arange(6))  # condition + a prefill of 5
+    evictions = 0
+    for position in range(6, 90):
+        value = values[:, :, position : position + 1]
+        if cache.filled < cache.k.shape[2]:
+            cache.update(value, value, torch.tensor([position]))
+            continue
+        pos, dense = cache.pos.long(), cache.v.float()
+        general = policy.eviction_scores(cache.v, pos, position, cache.inv_norm).argmax(-1, keepdim=True)
+        expected = pos.gather(2, general)
+        _, reference_set = policy._regions(pos, position)
+        scratch = (reference_set.float() * cache.inv_norm).unsqueeze(-2) @ dense  # (R, H, 1, d)
+        leaving = (
+            dense.gather(2, general[..., None].expand(-1, -1, -1, 8))
+            * cache.inv_norm.gather(2, general)[..., None]
+        )
+        cache.update(value, value, torch.tensor([position]))
+        assert not (cache.pos == expected).any() and (cache.pos == position).any(-1).all()  # it made room
+        torch.testing.assert_close(cache.running.ref_sum, scratch - leaving, rtol=1e-5, atol=1e-5)
+        evictions += 1
+    assert evictions == 90 - 21
+
+
+def test_the_running_ranking_draws_the_images_of_a_ranking_from_scratch(model, monkeypatch) -> None:
+    """A whole generation at rank_every 1: the running ranking gives the same images as ranking every step
+    from scratch (the general path), so keeping the sum up to date changes the cost, not the result."""
+    running = generate(model, ADSAPolicy(ADSAConf(budget=32)))
+    monkeypatch.setattr(ADSAPolicy, "per_step", property(lambda self: False))
+    policy = ADSAPolicy(ADSAConf(budget=32))
+    scratch = generate(model, policy)
+    assert all(c.running is None for c in policy.caches)  # the patch took: every step ranked from scratch
+    assert torch.equal(running, scratch)
 
 
 def test_adsa_through_the_config() -> None:
