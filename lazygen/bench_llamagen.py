@@ -46,9 +46,10 @@ def variants(budgets: list[int], cadences: list[int]) -> list[tuple[int | None, 
     return [(None, 1)] + [(b, r) for b in budgets for r in cadences]
 
 
-def kv_bytes(model_name: str, budget: int | None, batch: int, dtype: torch.dtype) -> int:
-    """Bytes of the KV caches one generation of ``batch`` images (CFG: 2 rows each) allocates."""
-    cache, extra = variant(budget)
+def kv_bytes(model_name: str, budget: int | None, batch: int, dtype: torch.dtype, rank_every: int = 1) -> int:
+    """Bytes of the KV caches one generation of ``batch`` images (CFG: 2 rows each) allocates (the per-step
+    ranking's bookkeeping included: it depends on the cadence)."""
+    cache, extra = variant(budget, rank_every)
     return generator_kv_bytes(generator_for(model_name, cache, None, "meta", *extra), batch, dtype)
 
 
@@ -89,7 +90,7 @@ def memory_flop_rows(
     for budget, rank_every in variants(budgets, cadences):
         key = variant_key(budget, rank_every)
         cache, extra = variant(budget, rank_every)
-        per_img = kv_bytes(model_name, budget, 1, DTYPES[dtype])  # every cache tensor is linear in the rows
+        per_img = kv_bytes(model_name, budget, 1, DTYPES[dtype], rank_every)  # linear in the rows
         row = {"kv_bytes_per_img": per_img, "kv_mib_per_img": round(per_img / MIB, 3),
                f"kv_gib_batch{batch}": round(per_img * batch / 2**30, 3)}  # fmt: skip
         if flops:
