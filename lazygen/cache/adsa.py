@@ -147,7 +147,7 @@ class RunningRanking:
     window (``reference: previous``; for ``cache``, the one written last) enters, and the evicted one leaves.
     So the sum of its unit values (``ref_sum``, (R, H, 1, d)) and a candidate mask (``penalty``, 0 on the
     previous region and -inf elsewhere) take O(d) updates per step, and ranking is one mat-vec product, one
-    add and one argmax, against two products and five mask ops for a ranking from scratch. ``recent`` is a
+    add and one max, against two products and five mask ops for a ranking from scratch. ``recent`` is a
     ring of the slots that the last ``local`` positions went to, so the token that enters is found without
     a search. A ranking from scratch starts it (the first eviction, or after a rollback).
 
@@ -231,7 +231,10 @@ class BoundedKV:
         # set by the first rollback or out-of-order write (parallel decoders): slots may be empty (pos -1)
         # anywhere and hold positions in any order, so every write picks its slot and attention is masked
         self.general = False
-        self.running = RunningRanking(policy, rows, heads, slots, device) if policy.per_step else None
+        evicts = slots < policy.seq_len  # a budget that holds every token keeps no ranking state
+        self.running = (
+            RunningRanking(policy, rows, heads, slots, device) if policy.per_step and evicts else None
+        )
 
     @property
     def nbytes(self) -> int:

@@ -50,6 +50,7 @@ def test_full_budget_equals_the_baseline_exactly(model, mode: str) -> None:
     assert policy.stats.attended_tokens == policy.stats.context_tokens
     if mode == "dynamic":
         assert all(c.k.shape[2] == 1 + 64 for c in policy.caches)
+        assert all(c.running is None for c in policy.caches)  # nothing to evict: no ranking state held
 
 
 @pytest.mark.parametrize("rank_every", [1, 5])
